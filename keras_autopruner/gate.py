@@ -1,0 +1,248 @@
+"""The AutoPruner gate: a learned, batch-shared channel code."""
+
+import math
+
+import keras
+from keras import ops
+
+POOLINGS = ("avg", "max")
+
+
+@keras.saving.register_keras_serializable(package="keras_autopruner")
+class AutoPrunerGate(keras.layers.Layer):
+    """Multiplies each channel of its input by a learned code in [0, 1].
+
+    The gate reads the activation it sits on, averages it over the batch,
+    reduces the spatial axes, maps the result through a fully connected layer
+    to one logit per channel and squashes it with a scaled sigmoid:
+
+        code = sigmoid(alpha * (pool(mean_batch(x)) @ kernel + bias))
+        output = x * code
+
+    `alpha` is raised during training (by `AutoPrunerCallback`) so that the
+    code becomes binary; a channel whose code reaches 0 is a pruned filter.
+    Because the code is shared by the whole batch it describes the layer, not
+    a sample, and can be removed for real by `strip`.
+
+    In inference (`training=False`) the gate uses a moving average of the
+    codes seen in training, or, once `hard` is switched on, the 0/1 mask
+    `moving_code > threshold`, so that evaluation shows the accuracy of the
+    network that `strip` will build.
+
+    The gate also carries the state of the pruning run (alpha, lambda, mu,
+    phase) as non-trainable weights, so a saved model resumes where it left.
+    Its pruning loss, `coef * (mean(code) - center)**2`, is added with
+    `add_loss`; `coef` and `center` are set by the objective (zero by default:
+    a gate that nobody drives only learns from the task loss).
+
+    Args:
+        target_rate: fraction of channels this gate should keep, in (0, 1].
+        pooling: how the spatial axes are reduced before the fully connected
+            map. `"avg"` (default): global average pooling, a C x C map, cheap
+            at any resolution. `"max"`: the authors' variant, a 2x2 max pool
+            (2 along each spatial axis) whose every remaining position is
+            connected, a (C*h*w) x C map; needs static spatial sizes.
+        alpha: initial sigmoid scale.
+        momentum: momentum of the moving code used in inference.
+        threshold: a channel is kept when its code is above this value.
+        bias_init: initial logit of every channel; positive values start the
+            gate near "keep all", so inserting gates barely changes a trained
+            network.
+        kernel_scale: standard deviation of the initial kernel, times
+            1/sqrt(fan_in).
+        unit_cost: cost of one kept channel for a FLOP-weighted budget (the
+            multiply-accumulates of the producing layer per output channel).
+        min_units: the fewest channels the objective lets this gate keep.
+        **kwargs: standard layer arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> x = keras.Input((8, 8, 16))
+    >>> y = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    >>> y = AutoPrunerGate(target_rate=0.5)(y)
+    >>> model = keras.Model(x, y)
+    """
+
+    def __init__(
+        self,
+        target_rate=0.5,
+        pooling="avg",
+        alpha=1.0,
+        momentum=0.9,
+        threshold=0.5,
+        bias_init=2.0,
+        kernel_scale=0.1,
+        unit_cost=1.0,
+        min_units=1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_rate(target_rate)
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"pooling must be one of {POOLINGS}, got {pooling!r}."
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+        self.target_rate = float(target_rate)
+        self.pooling = pooling
+        self.alpha_init = float(alpha)
+        self.momentum = float(momentum)
+        self.threshold = float(threshold)
+        self.bias_init = float(bias_init)
+        self.kernel_scale = float(kernel_scale)
+        self.unit_cost = float(unit_cost)
+        self.min_units = int(min_units)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(
+                "AutoPrunerGate needs inputs of shape (batch, ..., channels) "
+                f"with a known channel count; got {input_shape}."
+            )
+        self.units = int(input_shape[-1])
+        self._spatial = tuple(input_shape[1:-1])
+        fan_in = self.units
+        if self.pooling == "max" and self._spatial:
+            if any(s is None for s in self._spatial):
+                raise ValueError(
+                    "pooling='max' connects every pooled position and needs "
+                    f"static spatial sizes; got {input_shape}. Use "
+                    "pooling='avg' for inputs of variable size."
+                )
+            fan_in = self.units * math.prod(
+                max(1, s // 2) for s in self._spatial
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(fan_in, self.units),
+            initializer=keras.initializers.RandomNormal(
+                stddev=self.kernel_scale / math.sqrt(fan_in)
+            ),
+        )
+        self.bias = self.add_weight(
+            name="bias",
+            shape=(self.units,),
+            initializer=keras.initializers.Constant(self.bias_init),
+        )
+
+        def state(name, shape, value, aggregation="only_first_replica"):
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                initializer=keras.initializers.Constant(value),
+                trainable=False,
+                aggregation=aggregation,
+            )
+
+        start = 1.0 / (1.0 + math.exp(-self.alpha_init * self.bias_init))
+        # Codes are written inside the replica step, so replicas average them.
+        self.moving_code = state("moving_code", (self.units,), start, "mean")
+        self.code = state("code", (self.units,), start, "mean")
+        self.alpha = state("alpha", (), self.alpha_init)
+        self.hard = state("hard", (), 0.0)
+        self.coef = state("coef", (), 0.0)
+        self.center = state("center", (), self.target_rate)
+        self.lam = state("lam", (), 0.0)
+        self.mu = state("mu", (), 1.0)
+        self.phase = state("phase", (), 0.0)
+
+    def _pool(self, x):
+        """Batch mean, then the spatial reduction, as a (1, fan_in) row."""
+        x = ops.mean(x, axis=0, keepdims=True)
+        if not self._spatial:
+            return x
+        if self.pooling == "avg":
+            return ops.mean(x, axis=tuple(range(1, len(self._spatial) + 1)))
+        size = tuple(2 if s >= 2 else 1 for s in self._spatial)
+        x = ops.max_pool(x, pool_size=size, strides=size, padding="valid")
+        return ops.reshape(x, (1, -1))
+
+    def compute_code(self, x):
+        """The soft code for a batch `x`, shape (channels,)."""
+        # The gate reads the activation but does not train the network
+        # through it: otherwise the pruning term would reshape features to
+        # move codes instead of choosing channels.
+        x = ops.stop_gradient(ops.cast(x, "float32"))
+        logits = ops.matmul(self._pool(x), self.kernel) + self.bias
+        return ops.sigmoid(self.alpha * logits)[0]
+
+    def call(self, inputs, training=False):
+        if training:
+            code = self.compute_code(inputs)
+            self.code.assign(code)
+            self.moving_code.assign(
+                self.momentum * self.moving_code + (1.0 - self.momentum) * code
+            )
+            self.add_loss(self.coef * ops.square(ops.mean(code) - self.center))
+        else:
+            hard = ops.cast(self.moving_code > self.threshold, "float32")
+            code = ops.where(self.hard > 0.5, hard, self.moving_code)
+        return inputs * ops.cast(code, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def mask(self, threshold=None):
+        """The hard 0/1 keep mask as a NumPy bool array."""
+        t = self.threshold if threshold is None else threshold
+        return keras.ops.convert_to_numpy(self.moving_code) > t
+
+    def scores(self):
+        """Moving codes as NumPy floats: how much each channel is wanted."""
+        return keras.ops.convert_to_numpy(self.moving_code)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            target_rate=self.target_rate,
+            pooling=self.pooling,
+            alpha=self.alpha_init,
+            momentum=self.momentum,
+            threshold=self.threshold,
+            bias_init=self.bias_init,
+            kernel_scale=self.kernel_scale,
+            unit_cost=self.unit_cost,
+            min_units=self.min_units,
+        )
+        return config
+
+
+def check_rate(rate, what="target_rate"):
+    """Raise a ValueError unless `rate` is a number in (0, 1]."""
+    try:
+        ok = 0.0 < float(rate) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{what} is the fraction of filters to keep and must be in "
+            f"(0, 1]; got {rate!r}."
+        )
+
+
+def gates_of(model):
+    """All AutoPrunerGate layers of `model`, nested models included."""
+    found = []
+    for layer in model.layers if hasattr(model, "layers") else []:
+        if isinstance(layer, AutoPrunerGate):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(gates_of(layer))
+    return found
+
+
+def set_hard_masks(model, hard=True):
+    """Switch every gate of `model` between hard 0/1 masks and soft codes.
+
+    With hard masks, inference (`training=False`) multiplies each channel by
+    `moving_code > threshold`: the model then computes exactly what its
+    stripped version computes.
+    """
+    gates = gates_of(model)
+    for gate in gates:
+        gate.hard.assign(1.0 if hard else 0.0)
+    return gates

@@ -1,0 +1,284 @@
+"""add_gates: put an AutoPrunerGate behind every prunable layer of a model."""
+
+import keras
+
+from keras_autopruner import tracing
+from keras_autopruner.gate import AutoPrunerGate, check_rate
+
+L = keras.layers
+
+# Layers whose output channels are filters/neurons that can be removed, and
+# the config key holding their count.
+PRUNABLE = {
+    L.Conv1D: "filters",
+    L.Conv2D: "filters",
+    L.Conv3D: "filters",
+    L.Conv1DTranspose: "filters",
+    L.Conv2DTranspose: "filters",
+    L.Conv3DTranspose: "filters",
+    L.SeparableConv1D: "filters",
+    L.SeparableConv2D: "filters",
+    L.Dense: "units",
+}
+
+# Per-channel layers a gate moves behind, so it sees (and later removes) the
+# channel exactly as the next layer receives it.
+FOLLOWERS = (
+    L.BatchNormalization,
+    L.Activation,
+    L.ReLU,
+    L.LeakyReLU,
+    L.ELU,
+    L.PReLU,
+)
+
+# Layers that mix channels: a pruned channel's effect ends there.
+_MIXERS = tuple(PRUNABLE)
+
+
+def register_prunable(layer_class, width_key):
+    """Declare another layer class prunable.
+
+    Args:
+        layer_class: a Keras layer class whose last output axis holds filters.
+        width_key: the config key giving that axis's size (e.g. "filters").
+    """
+    PRUNABLE[layer_class] = width_key
+    global _MIXERS
+    _MIXERS = tuple(PRUNABLE)
+
+
+def is_prunable(layer):
+    return type(layer) in PRUNABLE or isinstance(layer, tuple(PRUNABLE))
+
+
+def width_of(layer):
+    for cls, key in PRUNABLE.items():
+        if isinstance(layer, cls):
+            return int(layer.get_config()[key])
+    raise TypeError(f"{type(layer).__name__} is not a prunable layer.")
+
+
+def add_gates(
+    model,
+    target_rate=0.5,
+    *,
+    rates=None,
+    include=None,
+    exclude=None,
+    include_output=False,
+    pooling="avg",
+    min_units=1,
+    name=None,
+    **gate_kwargs,
+):
+    """Return a copy of `model` with an AutoPrunerGate after each prunable layer.
+
+    The copy has the original weights; the user's model is not modified.
+    Nested Functional/Sequential models are inlined, so the result is one flat
+    functional model. A gate goes behind the layer's output activation: where
+    BatchNormalization and/or activation layers follow the layer (and nothing
+    else reads its output), behind the last of them.
+
+    Layers are prunable when they are Conv1D/2D/3D, their transposes,
+    SeparableConv1D/2D or Dense (see `register_prunable` for more). A layer
+    whose channels reach a model output without passing through another
+    prunable layer (the output layer, a conv feeding a global pool that is
+    the output, ...) is excluded unless `include_output=True`, because
+    removing its channels would change what the model returns.
+
+    Args:
+        model: a built Sequential or functional Keras model.
+        target_rate: fraction of filters each gate should keep, in (0, 1].
+        rates: optional dict `{layer_name: rate}` overriding `target_rate`.
+        include: layer names (list) or a predicate `fn(layer) -> bool`; only
+            these layers are gated. Naming a non-prunable layer is an error.
+        exclude: layer names or a predicate; these layers are not gated.
+        include_output: also gate layers whose channels are model outputs.
+        pooling: the gates' spatial reduction, `"avg"` (default) or `"max"`;
+            see `AutoPrunerGate`.
+        min_units: the fewest channels any gate may keep (layer-collapse
+            floor used by the objective and by `strip`).
+        name: name of the new model (default: original name + "_gated").
+        **gate_kwargs: other `AutoPrunerGate` arguments (alpha, momentum, ...).
+
+    Returns:
+        A new functional `keras.Model` with gates.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((28, 28, 1)),
+    ...     keras.layers.Conv2D(16, 3, activation="relu"),
+    ...     keras.layers.GlobalAveragePooling2D(),
+    ...     keras.layers.Dense(10, activation="softmax")])
+    >>> gated = add_gates(model, target_rate=0.5)
+    >>> [l.name for l in gated.layers if isinstance(l, AutoPrunerGate)]
+    ['conv2d_gate']
+    """
+    tracing.check_traceable(model, "add_gates")
+    check_rate(target_rate)
+    rates = dict(rates or {})
+    for layer_name, rate in rates.items():
+        check_rate(rate, f"rates[{layer_name!r}]")
+    if int(min_units) < 0:
+        raise ValueError(f"min_units must be >= 0, got {min_units}.")
+
+    flat, layer_map = tracing.rebuild(model)
+    tracing.copy_weights(layer_map)
+    # Users name layers as they were in their model; inlining may rename.
+    by_user_name = {}
+    for old, new in layer_map.values():
+        by_user_name.setdefault(old.name, []).append(new)
+    _check_names(include, by_user_name, "include", must_be_prunable=True)
+    _check_names(exclude, by_user_name, "exclude")
+    _check_names(rates, by_user_name, "rates", must_be_prunable=True)
+    user_name = {id(new): old.name for old, new in layer_map.values()}
+
+    graph = tracing.Graph(flat)
+    selected = {}  # id(gate point layer) -> (prunable layer, rate)
+    for node in graph.nodes:
+        layer = node.operation
+        if not is_prunable(layer):
+            continue
+        uname = user_name[id(layer)]
+        if not _wanted(layer, uname, include, exclude):
+            continue
+        explicit = isinstance(include, (list, tuple, set)) and uname in include
+        if len(graph.nodes_of(layer)) > 1:
+            if explicit:
+                raise ValueError(
+                    f"Layer {uname!r} is shared (called more than once); its "
+                    "filters cannot be gated per call. Exclude it."
+                )
+            continue
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(
+                f"Layer {uname!r} uses data_format='channels_first'; gates "
+                "work on the last axis. Build the model channels_last."
+            )
+        if not include_output and _reaches_output(graph, node.outputs[0]):
+            continue
+        point = _gate_point(graph, node)
+        selected[id(point)] = (layer, rates.get(uname, target_rate))
+
+    if not selected:
+        raise ValueError(
+            f"Model {model.name!r} has no prunable layer to gate. Prunable "
+            f"types: {sorted(c.__name__ for c in PRUNABLE)}; layers whose "
+            "channels are model outputs are skipped unless "
+            "include_output=True, and include/exclude may have removed the "
+            "rest."
+        )
+
+    flops = _flops_per_layer(flat)
+
+    def after(layer, outputs):
+        if id(layer) not in selected:
+            return outputs
+        pruned, rate = selected[id(layer)]
+        units = width_of(pruned)
+        gate = AutoPrunerGate(
+            target_rate=rate,
+            pooling=pooling,
+            unit_cost=flops.get(pruned.name, 0) / max(units, 1) or 1.0,
+            min_units=min(int(min_units), units),
+            name=f"{pruned.name}_gate",
+            **gate_kwargs,
+        )
+        return gate(outputs)
+
+    gated, _ = tracing.rebuild(
+        flat, make_layer=lambda layer, _: layer, after=after,
+        name=name or f"{model.name}_gated",
+    )
+    return gated
+
+
+def _gate_point(graph, node):
+    """The last layer of the chain prunable -> BN/activation, single consumer."""
+    point, tensor = node.operation, node.outputs[0]
+    while id(tensor) not in graph.output_ids:
+        consumers = graph.consumers[id(tensor)]
+        if len(consumers) != 1:
+            break
+        nxt = consumers[0]
+        if not isinstance(nxt.operation, FOLLOWERS):
+            break
+        if not _on_last_axis(nxt.operation, len(tensor.shape)):
+            break
+        if len(nxt.input_tensors) != 1 or len(graph.nodes_of(nxt.operation)) > 1:
+            break
+        point, tensor = nxt.operation, nxt.outputs[0]
+    return point
+
+
+def _on_last_axis(layer, rank):
+    """BatchNormalization normalises per channel only on the channel axis."""
+    if not isinstance(layer, L.BatchNormalization):
+        return True
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    return axis % rank == rank - 1
+
+
+def _reaches_output(graph, tensor):
+    """Whether `tensor`'s channels reach a model output unmixed."""
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if id(t) in graph.output_ids:
+            return True
+        for consumer in graph.consumers[id(t)]:
+            if not isinstance(consumer.operation, _MIXERS):
+                todo.extend(consumer.outputs)
+    return False
+
+
+def _wanted(layer, uname, include, exclude):
+    def hit(sel):
+        if callable(sel):
+            return bool(sel(layer))
+        return uname in sel
+    if include is not None and not hit(include):
+        return False
+    if exclude is not None and hit(exclude):
+        return False
+    return True
+
+
+def _check_names(selection, by_user_name, what, must_be_prunable=False):
+    if selection is None or callable(selection):
+        return
+    if isinstance(selection, str):
+        raise TypeError(
+            f"{what} takes a list of layer names or a predicate; got the "
+            f"string {selection!r}. Write [{selection!r}]."
+        )
+    for layer_name in selection:
+        if layer_name not in by_user_name:
+            raise ValueError(
+                f"{what} names layer {layer_name!r}, which is not in the "
+                f"model. Layers: {sorted(by_user_name)}."
+            )
+        if must_be_prunable:
+            for layer in by_user_name[layer_name]:
+                if not is_prunable(layer):
+                    raise ValueError(
+                        f"{what} names layer {layer_name!r} of type "
+                        f"{type(layer).__name__}, which cannot be gated. "
+                        "Prunable types: "
+                        f"{sorted(c.__name__ for c in PRUNABLE)}."
+                    )
+
+
+def _flops_per_layer(model):
+    from keras_autopruner import metrics
+
+    return dict(metrics.count_flops(model).per_layer)

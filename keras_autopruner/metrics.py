@@ -1,0 +1,467 @@
+"""Counting the size and the compute cost of a Keras model.
+
+Pruning is judged by what it saves, so the two numbers every report needs
+live here: `count_params` (stored weights) and `count_flops` (the cost of
+one forward pass).
+
+Conventions of `count_flops`, chosen to match how pruning papers quote
+VGG16 at about 15.5 G "FLOPs":
+
+* The unit is the multiply-accumulate (MAC) for one example (batch 1).
+  Multiply the total by two if you need separate multiplies and adds.
+* Biases are not counted; they are a rounding error next to the products.
+* Convolutions and `Dense` count one MAC per kernel weight per output
+  position (per input position for transposed convolutions).
+* `BatchNormalization` counts one MAC per output element: at inference it
+  is a per-channel scale and shift that the next layer can absorb.
+* Pooling counts one MAC per input element read: the window size times the
+  number of outputs for local pooling, the input size for global pooling.
+* Merges (`Add`, `Multiply`, `Concatenate`, ...), activations and shape
+  layers count zero.
+* A layer that holds weights but has no counting rule counts zero and is
+  named in `FlopCount.unknown`, so a missing rule is visible, never silent.
+  Add rules for your own layers with `register_flops`.
+"""
+
+import dataclasses
+import math
+
+import keras
+
+__all__ = [
+    "FLOP_COUNTERS",
+    "FlopCount",
+    "count_flops",
+    "count_params",
+    "register_flops",
+]
+
+
+def count_params(model):
+    """Counts every weight of a built layer or model.
+
+    Trainable and non-trainable weights (such as batch-norm moving
+    statistics) are both counted. A variable reachable twice, through a
+    shared layer or a model nested inside another, is counted once.
+
+    Args:
+        model: a built `keras.Layer` or `keras.Model`.
+
+    Returns:
+        The number of scalars held in the model's weights, as an int.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> count_params(model)
+    15
+    """
+    if not getattr(model, "built", True):
+        raise ValueError(
+            f"{model.name} is not built, so its weights do not exist yet. "
+            "Give it an `keras.Input` or call `model.build(input_shape)` "
+            "before counting."
+        )
+    seen = set()
+    total = 0
+    for variable in model.weights:
+        if id(variable) in seen:
+            continue
+        seen.add(id(variable))
+        total += math.prod(int(d) for d in variable.shape)
+    return total
+
+
+@dataclasses.dataclass
+class FlopCount:
+    """Result of `count_flops`: the MACs of one forward pass, by layer.
+
+    Attributes:
+        total: multiply-accumulates for one example, summed over layers.
+        per_layer: layer name to MACs, in execution order. Layers inside a
+            nested model are named `"outer_model/inner_layer"`; a layer
+            called several times holds the sum over its calls.
+        layer_classes: layer name to its class name, for reports.
+        unknown: names of layers that hold weights but have no counting
+            rule; they contribute zero to `total`. An empty list means the
+            count is complete.
+
+    Example:
+
+    >>> count = count_flops(model)
+    >>> print(f"{count.total / 1e9:.2f} GMACs")
+    >>> print(count.table())
+    """
+
+    total: int
+    per_layer: dict
+    layer_classes: dict = dataclasses.field(default_factory=dict)
+    unknown: list = dataclasses.field(default_factory=list)
+
+    @property
+    def flops(self):
+        """Floating point operations, counting multiply and add apart."""
+        return 2 * self.total
+
+    def table(self, skip_zero=False):
+        """Formats the per-layer counts as a plain-text table.
+
+        Args:
+            skip_zero: leave out layers that cost nothing.
+
+        Returns:
+            A multi-line string with one row per layer and a total row.
+        """
+        rows = [
+            (name, self.layer_classes.get(name, ""), macs)
+            for name, macs in self.per_layer.items()
+            if macs or not skip_zero
+        ]
+        name_w = max([len("layer")] + [len(r[0]) for r in rows])
+        cls_w = max([len("class")] + [len(r[1]) for r in rows])
+        total = max(self.total, 1)
+        lines = [f"{'layer':<{name_w}}  {'class':<{cls_w}}  {'MACs':>15}  share"]
+        for name, cls, macs in rows:
+            mark = "  (no rule)" if name in self.unknown else ""
+            lines.append(
+                f"{name:<{name_w}}  {cls:<{cls_w}}  {macs:>15,}  "
+                f"{100.0 * macs / total:5.1f}%{mark}"
+            )
+        lines.append(f"{'total':<{name_w}}  {'':<{cls_w}}  {self.total:>15,}")
+        if self.unknown:
+            lines.append(
+                "layers with weights but no counting rule (counted as 0): "
+                + ", ".join(self.unknown)
+            )
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.table()
+
+
+# Maps a layer class to `fn(layer, input_shapes, output_shapes) -> int`.
+# Lookup walks the class's MRO, so a subclass inherits its parent's rule.
+FLOP_COUNTERS = {}
+
+
+def register_flops(cls, fn=None):
+    """Registers how to count the MACs of a layer class.
+
+    The rule receives the layer and the shapes of one call, and returns
+    the MACs of that call for one example. Shapes are tuples whose first
+    (batch) entry is 1 and whose other entries are known ints. Subclasses
+    of `cls` use the rule too unless they register their own. Registering
+    a class again replaces its rule.
+
+    Args:
+        cls: a layer class.
+        fn: callable `fn(layer, input_shapes, output_shapes) -> int`, where
+            `input_shapes` and `output_shapes` are lists of shape tuples.
+            When omitted, `register_flops` returns a decorator.
+
+    Returns:
+        `fn` (so it can be used as a decorator).
+
+    Example:
+
+    >>> class Scale(keras.layers.Layer):
+    ...     def build(self, shape):
+    ...         self.w = self.add_weight(shape=shape[-1:])
+    ...     def call(self, x):
+    ...         return x * self.w
+    >>> register_flops(Scale, lambda layer, ins, outs: math.prod(outs[0]))
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_flops expects a class, got {cls!r}.")
+    if fn is None:
+        return lambda f: register_flops(cls, f)
+    if not callable(fn):
+        raise TypeError(
+            "register_flops expects fn(layer, input_shapes, output_shapes) "
+            f"returning an int, got {fn!r}."
+        )
+    FLOP_COUNTERS[cls] = fn
+    return fn
+
+
+def _rule_for(layer):
+    for cls in type(layer).__mro__:
+        if cls in FLOP_COUNTERS:
+            return FLOP_COUNTERS[cls]
+    return None
+
+
+def _spatial(shape, data_format):
+    """Drops the batch and channel entries of a feature-map shape."""
+    if data_format == "channels_first":
+        return shape[2:]
+    return shape[1:-1]
+
+
+def _numel(shape):
+    return math.prod(shape[1:])
+
+
+def _conv_macs(layer, ins, outs):
+    # Kernel is (*kernel_size, in_channels // groups, filters): every
+    # output position multiplies each of its entries once.
+    spatial = _spatial(outs[0], layer.data_format)
+    return math.prod(layer.kernel.shape) * math.prod(spatial)
+
+
+def _conv_transpose_macs(layer, ins, outs):
+    # Each input position scatters the whole kernel into the output.
+    spatial = _spatial(ins[0], layer.data_format)
+    return math.prod(layer.kernel.shape) * math.prod(spatial)
+
+
+def _depthwise_macs(layer, ins, outs):
+    spatial = _spatial(outs[0], layer.data_format)
+    return math.prod(layer.kernel.shape) * math.prod(spatial)
+
+
+def _separable_macs(layer, ins, outs):
+    # The depthwise step runs at the strided output positions, and so does
+    # the 1x1 pointwise step that follows it.
+    positions = math.prod(_spatial(outs[0], layer.data_format))
+    depthwise = math.prod(layer.depthwise_kernel.shape)
+    pointwise = math.prod(layer.pointwise_kernel.shape)
+    return (depthwise + pointwise) * positions
+
+
+def _dense_macs(layer, ins, outs):
+    # Dense maps the last axis; the other non-batch axes repeat it.
+    return math.prod(layer.kernel.shape) * math.prod(ins[0][1:-1])
+
+
+def _per_output_element(layer, ins, outs):
+    return _numel(outs[0])
+
+
+def _local_pool_macs(layer, ins, outs):
+    return math.prod(layer.pool_size) * _numel(outs[0])
+
+
+def _per_input_element(layer, ins, outs):
+    return _numel(ins[0])
+
+
+def _dot_macs(layer, ins, outs):
+    axes = layer.axes
+    if isinstance(axes, int):
+        axes = (axes, axes)
+    rank = len(ins[0])
+    axis = axes[0] % rank
+    return _numel(outs[0]) * ins[0][axis]
+
+
+def _zero(layer, ins, outs):
+    return 0
+
+
+def _register_builtin_rules():
+    layers = keras.layers
+    rules = {
+        _conv_macs: ("Conv1D", "Conv2D", "Conv3D"),
+        _conv_transpose_macs: (
+            "Conv1DTranspose",
+            "Conv2DTranspose",
+            "Conv3DTranspose",
+        ),
+        _depthwise_macs: ("DepthwiseConv1D", "DepthwiseConv2D"),
+        _separable_macs: ("SeparableConv1D", "SeparableConv2D"),
+        _dense_macs: ("Dense",),
+        _per_output_element: ("BatchNormalization",),
+        _local_pool_macs: (
+            "MaxPooling1D",
+            "MaxPooling2D",
+            "MaxPooling3D",
+            "AveragePooling1D",
+            "AveragePooling2D",
+            "AveragePooling3D",
+        ),
+        _per_input_element: (
+            "GlobalMaxPooling1D",
+            "GlobalMaxPooling2D",
+            "GlobalMaxPooling3D",
+            "GlobalAveragePooling1D",
+            "GlobalAveragePooling2D",
+            "GlobalAveragePooling3D",
+            "AdaptiveAveragePooling1D",
+            "AdaptiveAveragePooling2D",
+            "AdaptiveAveragePooling3D",
+            "AdaptiveMaxPooling1D",
+            "AdaptiveMaxPooling2D",
+            "AdaptiveMaxPooling3D",
+        ),
+        _dot_macs: ("Dot",),
+        _zero: (
+            "Add",
+            "Subtract",
+            "Multiply",
+            "Average",
+            "Maximum",
+            "Minimum",
+            "Concatenate",
+            "Activation",
+            "ReLU",
+            "LeakyReLU",
+            "PReLU",
+            "ELU",
+            "Softmax",
+            # A table lookup, not arithmetic.
+            "Embedding",
+        ),
+    }
+    for fn, names in rules.items():
+        for name in names:
+            # Some classes only exist in newer Keras releases.
+            cls = getattr(layers, name, None)
+            if cls is not None:
+                register_flops(cls, fn)
+
+
+_register_builtin_rules()
+
+
+def _graph_of(layer):
+    """Returns the functional graph behind a model, or None."""
+    if hasattr(layer, "_nodes_by_depth"):
+        return layer
+    functional = getattr(layer, "_functional", None)
+    if functional is not None and hasattr(functional, "_nodes_by_depth"):
+        return functional
+    return None
+
+
+def _example_shape(tensor, where):
+    shape = tuple(tensor.shape)
+    if any(d is None for d in shape[1:]):
+        raise ValueError(
+            f"The input or output of {where} has shape {shape}, with an "
+            "unknown size other than the batch. Pass the example shape, "
+            "e.g. count_flops(model, input_shape=(224, 224, 3))."
+        )
+    return (1,) + tuple(int(d) for d in shape[1:])
+
+
+def _same_example_shape(a, b):
+    return tuple(a.shape[1:]) == tuple(b.shape[1:])
+
+
+def _walk(graph, inputs, prefix, result):
+    """Counts every node of `graph` fed with `inputs`; returns its outputs.
+
+    Shapes are taken from the graph's own tensors, node by node, so a layer
+    called twice is counted at each call's shapes. Only where the actual
+    inputs differ from the recorded ones (a nested model built for
+    variable sizes, or an `input_shape` override) are the outputs
+    recomputed with `compute_output_spec`.
+    """
+    tensors = {id(ref): actual for ref, actual in zip(graph.inputs, inputs)}
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            op = node.operation
+            if op is None or node.is_input:
+                continue
+            if any(id(x) not in tensors for x in node.input_tensors):
+                continue  # Not connected to the inputs; never runs.
+            actual_in = [tensors[id(x)] for x in node.input_tensors]
+            name = prefix + op.name
+            inner = _graph_of(op)
+            if inner is not None:
+                actual_out = _walk(inner, actual_in, name + "/", result)
+            elif all(
+                _same_example_shape(a, r)
+                for a, r in zip(actual_in, node.input_tensors)
+            ):
+                actual_out = list(node.output_tensors)
+            else:
+                args, kwargs = node.arguments.fill_in(tensors)
+                actual_out = keras.tree.flatten(
+                    op.compute_output_spec(*args, **kwargs)
+                )
+            for ref, actual in zip(node.outputs, actual_out):
+                tensors[id(ref)] = actual
+            if inner is None:
+                _count_node(op, name, actual_in, actual_out, result)
+    outputs = []
+    for ref in graph.outputs:
+        if id(ref) not in tensors:
+            raise ValueError(
+                f"Output {ref.name} of {graph.name} is not connected to its "
+                "inputs, so its cost cannot be counted."
+            )
+        outputs.append(tensors[id(ref)])
+    return outputs
+
+
+def _count_node(op, name, actual_in, actual_out, result):
+    rule = _rule_for(op)
+    macs = 0
+    if rule is not None:
+        where = f"layer '{name}'"
+        ins = [_example_shape(t, where) for t in actual_in]
+        outs = [_example_shape(t, where) for t in actual_out]
+        macs = int(rule(op, ins, outs))
+    elif getattr(op, "weights", None) and name not in result.unknown:
+        result.unknown.append(name)
+    result.per_layer[name] = result.per_layer.get(name, 0) + macs
+    result.layer_classes[name] = type(op).__name__
+    result.total += macs
+
+
+def count_flops(model, input_shape=None):
+    """Counts the multiply-accumulates of one forward pass of one example.
+
+    The model is walked through its functional graph, using the shapes of
+    each call; models used as layers are walked too, and their layers are
+    reported as `"nested_model/layer"`. See the module docstring for what
+    each layer type counts.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`. Subclassed
+            models have no graph to walk; wrap their parts in a functional
+            model instead.
+        input_shape: optional example shape (without the batch), or a list
+            of them for several inputs, to count at instead of the shapes
+            the model was built with. Needed when the model was built with
+            unknown sizes such as `keras.Input((None, None, 3))`.
+
+    Returns:
+        A `FlopCount`; `.total` is the MAC count and `.unknown` lists the
+        layers that could not be counted.
+
+    Example:
+
+    >>> model = keras.applications.VGG16(weights=None)
+    >>> count = count_flops(model)
+    >>> round(count.total / 1e9, 2)
+    15.47
+    """
+    graph = _graph_of(model)
+    if graph is None:
+        raise ValueError(
+            f"count_flops needs a Functional or Sequential model with a "
+            f"graph, but {model.name} ({type(model).__name__}) has none. "
+            "Build a Sequential model first (give it a `keras.Input` or "
+            "call `model.build(input_shape)`); for a subclassed model, "
+            "express it with the functional API."
+        )
+    inputs = list(graph.inputs)
+    if input_shape is not None:
+        shapes = input_shape
+        if not shapes or not isinstance(shapes[0], (tuple, list)):
+            shapes = [shapes]
+        if len(shapes) != len(inputs):
+            raise ValueError(
+                f"{model.name} has {len(inputs)} inputs but input_shape "
+                f"gives {len(shapes)} shapes."
+            )
+        inputs = [
+            keras.KerasTensor((1,) + tuple(shape), dtype=ref.dtype)
+            for shape, ref in zip(shapes, inputs)
+        ]
+    result = FlopCount(total=0, per_layer={})
+    _walk(graph, inputs, "", result)
+    return result

@@ -1,0 +1,207 @@
+"""Schedules for lambda (the weight of the pruning term) and alpha (sharpness).
+
+Every schedule is a small object with `update(epoch, state) -> lambda` (or
+alpha) and `get_config`. `state` is the `PruneState` the callback keeps:
+phase, lambda, alpha, the classification loss history, the miss from the
+target, the share of binary codes.
+
+Phases: 0 = warm-up (no pruning pressure), 1 = pushing, 2 = done.
+"""
+
+import dataclasses
+
+WARMUP, PUSHING, DONE = 0, 1, 2
+
+
+@dataclasses.dataclass
+class PruneState:
+    """What the callback knows at the end of an epoch."""
+
+    phase: int = WARMUP
+    lam: float = 0.0
+    alpha: float = 1.0
+    miss: float = 1.0
+    binary: float = 0.0
+    tolerance: float = 0.02
+    task_losses: list = dataclasses.field(default_factory=list)
+    misses: list = dataclasses.field(default_factory=list)
+
+
+class StepLambda:
+    """The published schedule: lambda = start * factor**(epoch // every).
+
+    Pushing starts at epoch 0; lambda stops growing at `stop`.
+    Defaults: x10 every 20 epochs from 1 up to 1e7.
+
+    Args:
+        start: lambda at epoch 0.
+        factor: multiplier applied every `every` epochs.
+        every: epochs between multiplications.
+        stop: the largest lambda.
+    """
+
+    def __init__(self, start=1.0, factor=10.0, every=20, stop=1e7):
+        if start <= 0 or factor < 1 or every < 1 or stop < start:
+            raise ValueError(
+                "StepLambda needs start > 0, factor >= 1, every >= 1 and "
+                f"stop >= start; got start={start}, factor={factor}, "
+                f"every={every}, stop={stop}."
+            )
+        self.start, self.factor = float(start), float(factor)
+        self.every, self.stop = int(every), float(stop)
+
+    def begin(self, state):
+        state.phase = max(state.phase, PUSHING)
+        return self.value(0)
+
+    def value(self, epoch):
+        return min(self.stop, self.start * self.factor ** (epoch // self.every))
+
+    def update(self, epoch, state):
+        """Lambda for the epoch after `epoch`."""
+        return self.value(epoch + 1)
+
+    def get_config(self):
+        return {"start": self.start, "factor": self.factor,
+                "every": self.every, "stop": self.stop}
+
+
+class LambdaController:
+    """Adaptive lambda with a start and a stop criterion.
+
+    Start: after at least `warmup` epochs, once the classification loss has
+    settled (its relative drop over the last epoch is below `settle`), or
+    after `max_warmup` epochs in any case. Pushing from the first epoch
+    prunes filters the network has not yet learned to use; waiting for the
+    loss to settle lets the gates pick among trained filters.
+
+    While pushing: when the kept fraction misses the target by more than
+    the callback's `tolerance` and the miss shrank by less than `min_progress` (a fraction
+    of itself) over the last epoch, lambda is multiplied by `growth`, up to
+    `max_lambda`. A miss that is closing at a good pace leaves lambda alone,
+    so lambda grows only as far as the task loss makes it necessary.
+
+    Stop: once the miss is within the callback's `tolerance` lambda is held; the callback
+    declares the run done when the codes are binary as well.
+
+    Args:
+        start: lambda when pushing starts.
+        growth: multiplier applied when progress stalls.
+        max_lambda: the largest lambda.
+        warmup: fewest epochs before pushing.
+        max_warmup: most epochs before pushing.
+        settle: relative loss drop per epoch under which the loss counts as
+            settled.
+        min_progress: fraction of the miss that must close in an epoch for
+            lambda to be left as it is.
+    """
+
+    def __init__(self, start=1.0, growth=10.0, max_lambda=1e7, warmup=1,
+                 max_warmup=10, settle=0.05, min_progress=0.3):
+        if start <= 0 or growth < 1 or max_lambda < start:
+            raise ValueError(
+                "LambdaController needs start > 0, growth >= 1 and "
+                f"max_lambda >= start; got {start}, {growth}, {max_lambda}."
+            )
+        if not 0 <= warmup <= max_warmup:
+            raise ValueError(
+                f"Need 0 <= warmup <= max_warmup; got {warmup}, {max_warmup}."
+            )
+        self.start, self.growth = float(start), float(growth)
+        self.max_lambda = float(max_lambda)
+        self.warmup, self.max_warmup = int(warmup), int(max_warmup)
+        self.settle = float(settle)
+        self.min_progress = float(min_progress)
+
+    def begin(self, state):
+        if state.phase == WARMUP and self.max_warmup == 0:
+            state.phase = PUSHING
+        return self.start if state.phase >= PUSHING else 0.0
+
+    def settled(self, losses):
+        if len(losses) < 2:
+            return False
+        prev, last = losses[-2], losses[-1]
+        return (prev - last) <= self.settle * abs(prev)
+
+    def update(self, epoch, state):
+        if state.phase == WARMUP:
+            done_warmup = len(state.task_losses) >= self.warmup
+            if (done_warmup and self.settled(state.task_losses)) or \
+                    len(state.task_losses) >= self.max_warmup:
+                state.phase = PUSHING
+                return self.start
+            return 0.0
+        lam = state.lam
+        if state.miss <= state.tolerance:
+            return lam  # the constraint holds: stop raising
+        if len(state.misses) >= 2:
+            before = state.misses[-2]
+            stalled = (before - state.miss) < self.min_progress * before
+        else:
+            stalled = False
+        if stalled:
+            lam = min(self.max_lambda, lam * self.growth)
+        return lam
+
+    def get_config(self):
+        return {"start": self.start, "growth": self.growth,
+                "max_lambda": self.max_lambda, "warmup": self.warmup,
+                "max_warmup": self.max_warmup, "settle": self.settle,
+                "min_progress": self.min_progress}
+
+
+class AlphaSchedule:
+    """Raises alpha, the sigmoid scale, until every code is binary.
+
+    Alpha is held while the gates are still choosing (the kept fraction
+    misses the target by more than `release`) and multiplied by `factor`
+    each epoch once the choice is made. Sharpening earlier saturates the
+    sigmoid at "keep" before the pruning term has acted: in float32
+    `sigmoid(30) == 1.0` exactly, its gradient is exactly zero, and no lambda
+    can prune any more (the failure the VGG16/CUB study ran into). The
+    pruning term stays on while alpha grows, so the hard kept fraction that
+    emerges keeps matching the target.
+
+    Args:
+        start: initial alpha.
+        factor: multiplier per epoch once released.
+        release: the miss under which sharpening starts.
+        max_alpha: the largest alpha.
+    """
+
+    def __init__(self, start=1.0, factor=2.0, release=0.05, max_alpha=256.0):
+        if start <= 0 or factor < 1 or max_alpha < start or release < 0:
+            raise ValueError(
+                "AlphaSchedule needs start > 0, factor >= 1, release >= 0 and "
+                f"max_alpha >= start; got {start}, {factor}, {release}, "
+                f"{max_alpha}."
+            )
+        self.start, self.factor = float(start), float(factor)
+        self.release, self.max_alpha = float(release), float(max_alpha)
+
+    def update(self, epoch, state):
+        if state.phase != PUSHING or state.binary >= 1.0:
+            return state.alpha
+        if state.miss > self.release:
+            return state.alpha
+        return min(self.max_alpha, state.alpha * self.factor)
+
+    def get_config(self):
+        return {"start": self.start, "factor": self.factor,
+                "release": self.release, "max_alpha": self.max_alpha}
+
+
+def lambda_schedule(spec):
+    """`"controller"`, `"step"` or a schedule object -> a schedule object."""
+    if spec == "controller":
+        return LambdaController()
+    if spec == "step":
+        return StepLambda()
+    if hasattr(spec, "update") and hasattr(spec, "begin"):
+        return spec
+    raise ValueError(
+        f"schedule must be 'controller', 'step' or an object with begin() and "
+        f"update(); got {spec!r}."
+    )
+

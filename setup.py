@@ -1,0 +1,44 @@
+"""Packaging for keras_autopruner.
+
+The small real data sets under `keras_autopruner/data/` are listed in
+`package_data` so that they ship inside the wheel: tests and examples must
+run without downloading anything.
+"""
+
+from setuptools import find_packages
+from setuptools import setup
+
+setup(
+    name="keras_autopruner",
+    version="0.1.0",
+    description=(
+        "AutoPruner for Keras 3: learn which filters to remove, remove them, "
+        "and export a smaller model."
+    ),
+    python_requires=">=3.9",
+    packages=find_packages(
+        exclude=["tests", "tests.*", "examples", "examples.*", "bench", "bench.*"]
+    ),
+    package_data={
+        "keras_autopruner": [
+            "data/*.npz",
+            "data/*.csv.gz",
+            "data/README.md",
+            "data/LICENSE-*.txt",
+        ],
+    },
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "tensorflow-datasets",
+        "absl-py",
+        "numpy",
+        "pandas",
+        "matplotlib",
+    ],
+    extras_require={
+        "baselines": ["tensorflow-model-optimization", "tf_keras"],
+        "test": ["pytest", "hypothesis"],
+    },
+)
