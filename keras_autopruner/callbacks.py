@@ -132,9 +132,13 @@ class AutoPrunerCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._batch += 1
-        if (self.objective.budget == "global" and self.state.phase == S.PUSHING
-                and self._batch % self.update_every == 0):
-            self._penalties.append(self._push())
+        if self.state.phase != S.PUSHING or self._batch % self.update_every:
+            return
+        # The penalty this step added, read back from the gates: the epoch's
+        # mean of it separates L_cla from the logged total loss for mu.
+        self._penalties.append(self._applied_penalty())
+        if self.objective.budget == "global":
+            self._push()
 
     def on_test_begin(self, logs=None):
         if self.hard_validation and self.gates:
@@ -148,9 +152,8 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         st = self.state
         l_pru = self.objective.value(self.gates)
-        if not self._penalties:
-            self._penalties.append(self._current_penalty())
-        l_cla = float(logs.get("loss", np.nan)) - float(np.mean(self._penalties))
+        penalty = float(np.mean(self._penalties)) if self._penalties else 0.0
+        l_cla = float(logs.get("loss", np.nan)) - penalty
         if np.isfinite(l_cla):
             # Below the tolerance the two terms need no balancing: flooring
             # L_pru there keeps mu (and the loss) from exploding as L_pru -> 0.
@@ -186,12 +189,11 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self._write_state()
         self._push()
 
-    def _current_penalty(self):
-        coefs, centers = self.objective.terms(
-            self.gates, self._mu * self.state.lam
-            if self.state.phase == S.PUSHING else 0.0)
-        means = np.array([float(np.mean(g.code.numpy())) for g in self.gates])
-        return float(np.sum(coefs * (means - centers) ** 2))
+    def _applied_penalty(self):
+        return float(sum(
+            float(g.coef.numpy()) * (float(np.mean(g.code.numpy()))
+                                     - float(g.center.numpy())) ** 2
+            for g in self.gates))
 
     def _kept(self):
         masks = [g.mask() for g in self.gates]

@@ -70,8 +70,10 @@ class LambdaController:
     """Adaptive lambda with a start and a stop criterion.
 
     Start: after at least `warmup` epochs, once the classification loss has
-    settled (its relative drop over the last epoch is below `settle`), or
-    after `max_warmup` epochs in any case. Pushing from the first epoch
+    settled, or after `max_warmup` epochs in any case. Settled means past
+    the knee of the loss curve: the last epoch's drop is below `settle` times
+    the first epoch's drop (a relative-change rule never fires on a loss
+    that keeps creeping down, and a fixed epoch count ignores the data). Pushing from the first epoch
     prunes filters the network has not yet learned to use; waiting for the
     loss to settle lets the gates pick among trained filters.
 
@@ -90,14 +92,14 @@ class LambdaController:
         max_lambda: the largest lambda.
         warmup: fewest epochs before pushing.
         max_warmup: most epochs before pushing.
-        settle: relative loss drop per epoch under which the loss counts as
-            settled.
+        settle: fraction of the first epoch's loss drop under which the
+            loss counts as settled.
         min_progress: fraction of the miss that must close in an epoch for
             lambda to be left as it is.
     """
 
     def __init__(self, start=1.0, growth=10.0, max_lambda=1e7, warmup=1,
-                 max_warmup=10, settle=0.05, min_progress=0.3):
+                 max_warmup=10, settle=0.25, min_progress=0.3):
         if start <= 0 or growth < 1 or max_lambda < start:
             raise ValueError(
                 "LambdaController needs start > 0, growth >= 1 and "
@@ -121,8 +123,12 @@ class LambdaController:
     def settled(self, losses):
         if len(losses) < 2:
             return False
-        prev, last = losses[-2], losses[-1]
-        return (prev - last) <= self.settle * abs(prev)
+        last = losses[-2] - losses[-1]
+        # A network that was trained before gating starts flat.
+        flat = last <= 0.01 * abs(losses[-2])
+        if len(losses) < 3:
+            return flat
+        return flat or last <= self.settle * max(losses[0] - losses[1], 0.0)
 
     def update(self, epoch, state):
         if state.phase == WARMUP:

@@ -1,0 +1,160 @@
+"""AutoPrunerGate: arithmetic on known inputs, modes, serialisation."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_autopruner import AutoPrunerGate, set_hard_masks
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def make_gate(shape, **kwargs):
+    gate = AutoPrunerGate(**kwargs)
+    gate.build((None,) + shape)
+    return gate
+
+
+def test_dense_code_matches_formula():
+    gate = make_gate((3,), alpha=2.0, momentum=0.0)
+    kernel = np.array([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0], [0.5, 0.0, 1.0]], "float32")
+    bias = np.array([0.1, -0.2, 0.3], "float32")
+    gate.kernel.assign(kernel)
+    gate.bias.assign(bias)
+    x = np.array([[1.0, 2.0, 3.0], [3.0, 0.0, -1.0]], "float32")
+    code = sigmoid(2.0 * (x.mean(axis=0) @ kernel + bias))
+    y = keras.ops.convert_to_numpy(gate(x, training=True))
+    np.testing.assert_allclose(y, x * code, rtol=1e-5)
+    # momentum 0: the moving code is the last code
+    np.testing.assert_allclose(gate.scores(), code, rtol=1e-5)
+
+
+def test_avg_pooling_feature_maps():
+    gate = make_gate((4, 4, 2), alpha=1.0, momentum=0.0)
+    kernel = np.array([[1.0, -1.0], [2.0, 0.5]], "float32")
+    gate.kernel.assign(kernel)
+    gate.bias.assign(np.zeros(2, "float32"))
+    x = np.random.RandomState(0).rand(3, 4, 4, 2).astype("float32")
+    pooled = x.mean(axis=(0, 1, 2))
+    code = sigmoid(pooled @ kernel)
+    y = keras.ops.convert_to_numpy(gate(x, training=True))
+    np.testing.assert_allclose(y, x * code, rtol=1e-5)
+
+
+def test_max_pooling_connects_every_position():
+    gate = make_gate((4, 6, 2), pooling="max", momentum=0.0)
+    assert tuple(gate.kernel.shape) == (2 * 3 * 2, 2)
+    x = np.random.RandomState(1).rand(2, 4, 6, 2).astype("float32")
+    kernel = np.random.RandomState(2).randn(12, 2).astype("float32")
+    gate.kernel.assign(kernel)
+    gate.bias.assign(np.zeros(2, "float32"))
+    m = x.mean(axis=0)  # (4, 6, 2)
+    pooled = m.reshape(2, 2, 3, 2, 2).max(axis=(1, 3))  # (2, 3, 2)
+    code = sigmoid(pooled.reshape(-1) @ kernel)
+    y = keras.ops.convert_to_numpy(gate(x, training=True))
+    np.testing.assert_allclose(y, x * code, rtol=1e-5)
+
+
+def test_max_pooling_needs_static_sizes():
+    with pytest.raises(ValueError, match="static spatial sizes"):
+        make_gate((None, None, 4), pooling="max")
+
+
+def test_inference_uses_moving_code_then_hard_mask():
+    gate = make_gate((4,))
+    gate.moving_code.assign(np.array([0.9, 0.2, 0.6, 0.4], "float32"))
+    x = np.ones((2, 4), "float32")
+    soft = keras.ops.convert_to_numpy(gate(x, training=False))
+    np.testing.assert_allclose(soft[0], [0.9, 0.2, 0.6, 0.4], rtol=1e-6)
+    model = keras.Sequential([keras.Input((4,)), gate])
+    set_hard_masks(model, True)
+    hard = keras.ops.convert_to_numpy(gate(x, training=False))
+    np.testing.assert_array_equal(hard[0], [1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(gate.mask(), [True, False, True, False])
+
+
+def test_moving_code_momentum():
+    gate = make_gate((2,), momentum=0.75, bias_init=0.0)
+    start = gate.scores().copy()
+    np.testing.assert_allclose(start, 0.5)
+    gate.kernel.assign(np.zeros((2, 2), "float32"))
+    gate.bias.assign(np.array([10.0, -10.0], "float32"))
+    gate(np.ones((1, 2), "float32"), training=True)
+    code = sigmoid(np.array([10.0, -10.0]))
+    np.testing.assert_allclose(gate.scores(), 0.75 * 0.5 + 0.25 * code, rtol=1e-5)
+
+
+def test_initial_code_is_near_keep_all():
+    gate = make_gate((8,), bias_init=2.0, alpha=1.0)
+    np.testing.assert_allclose(gate.scores(), sigmoid(2.0), rtol=1e-6)
+
+
+def test_pruning_loss_is_added_and_trains_the_gate_only():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    gate = AutoPrunerGate(target_rate=0.5, name="g")
+    model = keras.Model(inputs, gate(hidden))
+    gate.coef.assign(3.0)
+    gate.center.assign(0.25)
+    x = np.random.RandomState(0).rand(8, 4).astype("float32")
+    model(x, training=True)
+    (loss,) = model.losses
+    mean = float(np.mean(gate.code.numpy()))
+    np.testing.assert_allclose(float(loss), 3.0 * (mean - 0.25) ** 2, rtol=1e-5)
+    # The code reads the activation through stop_gradient: the pruning loss
+    # alone gives the hidden layer no gradient.
+    import tensorflow as tf
+
+    with tf.GradientTape(persistent=True) as tape:
+        model(x, training=True)
+        penalty = model.losses[0]
+    grads = tape.gradient(penalty, model.get_layer("hidden").trainable_variables)
+    assert all(g is None or float(tf.reduce_max(tf.abs(g))) == 0.0 for g in grads)
+    (bias_grad,) = tape.gradient(penalty, [gate.bias])
+    assert float(tf.reduce_max(tf.abs(bias_grad))) > 0.0
+
+
+def test_pruning_loss_moves_the_code_towards_the_centre():
+    inputs = keras.Input((6,))
+    gate = AutoPrunerGate(target_rate=0.5, bias_init=2.0, name="g")
+    model = keras.Model(inputs, gate(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    gate.coef.assign(100.0)
+    gate.center.assign(0.3)
+    x = np.random.RandomState(0).rand(64, 6).astype("float32")
+    before = float(np.mean(gate.code.numpy()))
+    model.fit(x, x, epochs=200, batch_size=64, verbose=0)
+    after = float(np.mean(gate.code.numpy()))
+    assert before > 0.8
+    assert abs(after - 0.3) < 0.05
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, "half", None])
+def test_bad_rate(bad):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        AutoPrunerGate(target_rate=bad)
+
+
+def test_bad_pooling():
+    with pytest.raises(ValueError, match="pooling"):
+        AutoPrunerGate(pooling="median")
+
+
+def test_config_round_trip():
+    gate = AutoPrunerGate(target_rate=0.3, pooling="max", alpha=2.0,
+                          momentum=0.5, unit_cost=7.0, min_units=2, name="gg")
+    clone = AutoPrunerGate.from_config(gate.get_config())
+    assert clone.get_config() == gate.get_config()
+
+
+def test_rank3_dense_input():
+    gate = make_gate((5, 3), momentum=0.0)
+    x = np.random.RandomState(0).rand(2, 5, 3).astype("float32")
+    y = keras.ops.convert_to_numpy(gate(x, training=True))
+    code = gate.scores()
+    np.testing.assert_allclose(y, x * code, rtol=1e-5)
+    assert math.isclose(float(gate.kernel.shape[0]), 3)
