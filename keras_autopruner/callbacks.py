@@ -104,10 +104,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
     def _push(self):
         """Set each gate's loss term for the current mu * lambda."""
         weight = self._mu * self.state.lam if self.state.phase == S.PUSHING else 0.0
-        if weight == 0.0 and self._last_weight == 0.0:
-            return 0.0
-        self._last_weight = weight
-        return self.objective.assign(self.gates, weight)
+        self.objective.assign(self.gates, weight)
 
     # -- Keras hooks -----------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -121,7 +118,6 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self._read_state()
         if self.state.phase == S.WARMUP or self.state.lam == 0.0:
             self.state.lam = self.schedule.begin(self.state)
-        self._last_weight = None
         self._write_state()
         self._penalties = []
         self._push()
@@ -166,7 +162,8 @@ class AutoPrunerCallback(keras.callbacks.Callback):
                 self._mu = m * self._mu + (1 - m) * ratio
             st.task_losses.append(l_cla)
         st.miss = self.objective.miss(self.gates)
-        st.misses.append(st.miss)
+        st.soft_miss = self.objective.soft_miss(self.gates)
+        st.soft_misses.append(st.soft_miss)
         st.binary = binary_share(self.gates, self.binary_tolerance)
         done = (st.phase == S.PUSHING and st.miss <= self.tolerance
                 and st.binary >= self.binary_target)

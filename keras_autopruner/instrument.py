@@ -32,10 +32,6 @@ FOLLOWERS = (
     L.PReLU,
 )
 
-# Layers that mix channels: a pruned channel's effect ends there.
-_MIXERS = tuple(PRUNABLE)
-
-
 def register_prunable(layer_class, width_key):
     """Declare another layer class prunable.
 
@@ -44,12 +40,10 @@ def register_prunable(layer_class, width_key):
         width_key: the config key giving that axis's size (e.g. "filters").
     """
     PRUNABLE[layer_class] = width_key
-    global _MIXERS
-    _MIXERS = tuple(PRUNABLE)
 
 
 def is_prunable(layer):
-    return type(layer) in PRUNABLE or isinstance(layer, tuple(PRUNABLE))
+    return isinstance(layer, tuple(PRUNABLE))
 
 
 def width_of(layer):
@@ -236,7 +230,8 @@ def _reaches_output(graph, tensor):
         if id(t) in graph.output_ids:
             return True
         for consumer in graph.consumers[id(t)]:
-            if not isinstance(consumer.operation, _MIXERS):
+            # A prunable layer mixes channels: a pruned one's trace ends there.
+            if not is_prunable(consumer.operation):
                 todo.extend(consumer.outputs)
     return False
 

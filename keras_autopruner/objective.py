@@ -1,5 +1,6 @@
 """The pruning term L_pru and the kept fraction it drives."""
 
+import keras
 import numpy as np
 
 from keras_autopruner.gate import gates_of
@@ -78,13 +79,22 @@ class PruningObjective:
         return coefs, np.clip(centers, 0.0, 1.0)
 
     def assign(self, gates, weight, codes=None):
-        """Write the per-gate terms into the gates; returns the added loss."""
+        """Write the per-gate terms for total weight `weight` into the gates."""
         coefs, centers = self.terms(gates, weight, codes)
         for gate, c, z in zip(gates, coefs, centers):
             gate.coef.assign(float(c))
             gate.center.assign(float(z))
+
+    def soft_miss(self, gates, codes=None):
+        """How far the soft codes' means are from the target.
+
+        This is what lambda can act on; the hard miss only follows once
+        alpha has made the codes binary.
+        """
         means = _means(gates, codes)
-        return float(np.sum(coefs * (means - centers) ** 2))
+        if self.budget == "global":
+            return abs(float(np.dot(self.shares(gates), means)) - self.target(gates))
+        return float(np.max(np.abs(means - [g.target_rate for g in gates])))
 
     def miss(self, gates):
         """How far the hard (0/1) kept fraction is from the target.
@@ -111,7 +121,7 @@ class PruningObjective:
 
 def _means(gates, codes):
     if codes is None:
-        codes = [g.code.numpy() for g in gates]
+        codes = [keras.ops.convert_to_numpy(g.code) for g in gates]
     return np.array([float(np.mean(c)) for c in codes])
 
 

@@ -20,11 +20,12 @@ class PruneState:
     phase: int = WARMUP
     lam: float = 0.0
     alpha: float = 1.0
-    miss: float = 1.0
+    miss: float = 1.0  # hard (0/1) kept fraction vs target: decides "done"
+    soft_miss: float = 1.0  # mean soft code vs target: what lambda moves
     binary: float = 0.0
     tolerance: float = 0.02
     task_losses: list = dataclasses.field(default_factory=list)
-    misses: list = dataclasses.field(default_factory=list)
+    soft_misses: list = dataclasses.field(default_factory=list)
 
 
 class StepLambda:
@@ -70,21 +71,28 @@ class LambdaController:
     """Adaptive lambda with a start and a stop criterion.
 
     Start: after at least `warmup` epochs, once the classification loss has
-    settled, or after `max_warmup` epochs in any case. Settled means past
-    the knee of the loss curve: the last epoch's drop is below `settle` times
-    the first epoch's drop (a relative-change rule never fires on a loss
-    that keeps creeping down, and a fixed epoch count ignores the data). Pushing from the first epoch
+    settled, or after `max_warmup` epochs in any case. Settled means either
+    past the knee of the loss curve (the last epoch's drop is below `settle`
+    times the first epoch's drop: the rule for a network trained from
+    scratch) or flat (the last epoch improved the loss by less than `flat`,
+    relative: the rule for a network that was trained before gating, whose
+    curve has no knee left). A fixed epoch count would ignore the data. Pushing from the first epoch
     prunes filters the network has not yet learned to use; waiting for the
     loss to settle lets the gates pick among trained filters.
 
-    While pushing: when the kept fraction misses the target by more than
-    the callback's `tolerance` and the miss shrank by less than `min_progress` (a fraction
-    of itself) over the last epoch, lambda is multiplied by `growth`, up to
-    `max_lambda`. A miss that is closing at a good pace leaves lambda alone,
-    so lambda grows only as far as the task loss makes it necessary.
+    While pushing: when the gates' mean soft code misses the target by more
+    than the callback's `tolerance` and that miss shrank by less than
+    `min_progress` (a fraction of itself) over the last epoch, lambda is
+    multiplied by `growth`, up to `max_lambda`. A miss that is closing at a
+    good pace leaves lambda alone, so lambda grows only as far as the task
+    loss makes it necessary. The soft miss is used because it is what lambda
+    moves: with codes still soft a layer can hold its mean on target while
+    its hard 0/1 count is off, and raising lambda then does nothing (alpha,
+    not lambda, turns soft codes into hard ones).
 
-    Stop: once the miss is within the callback's `tolerance` lambda is held; the callback
-    declares the run done when the codes are binary as well.
+    Stop: once the soft miss is within the callback's `tolerance` lambda is
+    held; the callback declares the run done when the hard kept fraction is
+    within tolerance and the codes are binary.
 
     Args:
         start: lambda when pushing starts.
@@ -94,12 +102,13 @@ class LambdaController:
         max_warmup: most epochs before pushing.
         settle: fraction of the first epoch's loss drop under which the
             loss counts as settled.
+        flat: relative drop per epoch under which the loss counts as flat.
         min_progress: fraction of the miss that must close in an epoch for
             lambda to be left as it is.
     """
 
     def __init__(self, start=1.0, growth=10.0, max_lambda=1e7, warmup=1,
-                 max_warmup=10, settle=0.25, min_progress=0.3):
+                 max_warmup=10, settle=0.25, flat=0.05, min_progress=0.3):
         if start <= 0 or growth < 1 or max_lambda < start:
             raise ValueError(
                 "LambdaController needs start > 0, growth >= 1 and "
@@ -112,7 +121,7 @@ class LambdaController:
         self.start, self.growth = float(start), float(growth)
         self.max_lambda = float(max_lambda)
         self.warmup, self.max_warmup = int(warmup), int(max_warmup)
-        self.settle = float(settle)
+        self.settle, self.flat = float(settle), float(flat)
         self.min_progress = float(min_progress)
 
     def begin(self, state):
@@ -124,8 +133,7 @@ class LambdaController:
         if len(losses) < 2:
             return False
         last = losses[-2] - losses[-1]
-        # A network that was trained before gating starts flat.
-        flat = last <= 0.01 * abs(losses[-2])
+        flat = last <= self.flat * abs(losses[-2])
         if len(losses) < 3:
             return flat
         return flat or last <= self.settle * max(losses[0] - losses[1], 0.0)
@@ -139,11 +147,11 @@ class LambdaController:
                 return self.start
             return 0.0
         lam = state.lam
-        if state.miss <= state.tolerance:
+        if state.soft_miss <= state.tolerance:
             return lam  # the constraint holds: stop raising
-        if len(state.misses) >= 2:
-            before = state.misses[-2]
-            stalled = (before - state.miss) < self.min_progress * before
+        if len(state.soft_misses) >= 2:
+            before = state.soft_misses[-2]
+            stalled = (before - state.soft_miss) < self.min_progress * before
         else:
             stalled = False
         if stalled:
@@ -154,13 +162,14 @@ class LambdaController:
         return {"start": self.start, "growth": self.growth,
                 "max_lambda": self.max_lambda, "warmup": self.warmup,
                 "max_warmup": self.max_warmup, "settle": self.settle,
+                "flat": self.flat,
                 "min_progress": self.min_progress}
 
 
 class AlphaSchedule:
     """Raises alpha, the sigmoid scale, until every code is binary.
 
-    Alpha is held while the gates are still choosing (the kept fraction
+    Alpha is held while the gates are still choosing (their mean soft code
     misses the target by more than `release`) and multiplied by `factor`
     each epoch once the choice is made. Sharpening earlier saturates the
     sigmoid at "keep" before the pruning term has acted: in float32
@@ -172,7 +181,7 @@ class AlphaSchedule:
     Args:
         start: initial alpha.
         factor: multiplier per epoch once released.
-        release: the miss under which sharpening starts.
+        release: the soft miss under which sharpening starts.
         max_alpha: the largest alpha.
     """
 
@@ -189,7 +198,7 @@ class AlphaSchedule:
     def update(self, epoch, state):
         if state.phase != PUSHING or state.binary >= 1.0:
             return state.alpha
-        if state.miss > self.release:
+        if state.soft_miss > self.release:
             return state.alpha
         return min(self.max_alpha, state.alpha * self.factor)
 

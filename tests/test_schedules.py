@@ -25,7 +25,8 @@ def test_step_lambda_bad_args():
 
 
 def test_controller_waits_for_the_loss_to_settle():
-    c = LambdaController(warmup=1, max_warmup=10, settle=0.05, start=2.0)
+    c = LambdaController(warmup=1, max_warmup=10, settle=0.05, flat=0.005,
+                         start=2.0)
     state = PruneState()
     assert c.begin(state) == 0.0
     for loss in (2.0, 1.5, 1.2):  # still dropping by > 5% per epoch
@@ -36,9 +37,9 @@ def test_controller_waits_for_the_loss_to_settle():
 
 
 def test_controller_settle_is_the_knee_or_a_flat_loss():
-    c = LambdaController(settle=0.25)
+    c = LambdaController(settle=0.25, flat=0.05)
     assert not c.settled([2.0])
-    assert c.settled([0.5, 0.499])  # pre-trained: flat from the start
+    assert c.settled([0.5, 0.48])  # pre-trained: flat from the start
     assert not c.settled([0.5, 0.45])
     assert not c.settled([2.0, 1.0, 0.7])  # drop 0.3 > 0.25 * 1.0
     assert c.settled([2.0, 1.0, 0.8])  # drop 0.2 <= 0.25
@@ -56,29 +57,31 @@ def test_controller_starts_after_max_warmup_anyway():
 def test_controller_raises_only_on_stall_and_holds_at_target():
     c = LambdaController(growth=10.0, min_progress=0.3)
     state = PruneState(phase=PUSHING, lam=1.0, tolerance=0.02)
-    state.misses = [0.40, 0.39]  # stalled
-    state.miss = 0.39
+    state.soft_misses = [0.40, 0.39]  # stalled
+    state.soft_miss = 0.39
     assert c.update(0, state) == 10.0
     state.lam = 10.0
-    state.misses = [0.39, 0.20]  # closing fast: hold
-    state.miss = 0.20
+    state.soft_misses = [0.39, 0.20]  # closing fast: hold
+    state.soft_miss = 0.20
     assert c.update(1, state) == 10.0
-    state.misses = [0.20, 0.19]
-    state.miss = 0.01  # within tolerance: hold even though it barely moved
+    state.soft_misses = [0.20, 0.19]
+    state.soft_miss = 0.01  # within tolerance: hold even though it barely moved
+    state.miss = 0.2  # a hard miss is alpha's job, not lambda's
     assert c.update(2, state) == 10.0
 
 
 def test_controller_respects_max_lambda():
     c = LambdaController(max_lambda=50.0)
-    state = PruneState(phase=PUSHING, lam=40.0, miss=0.3, misses=[0.3, 0.3])
+    state = PruneState(phase=PUSHING, lam=40.0, soft_miss=0.3,
+                       soft_misses=[0.3, 0.3])
     assert c.update(0, state) == 50.0
 
 
 def test_alpha_holds_until_close_then_grows_until_binary():
     a = AlphaSchedule(factor=2.0, release=0.05, max_alpha=8.0)
-    state = PruneState(phase=PUSHING, alpha=1.0, miss=0.2)
+    state = PruneState(phase=PUSHING, alpha=1.0, soft_miss=0.2)
     assert a.update(0, state) == 1.0
-    state.miss = 0.03
+    state.soft_miss, state.miss = 0.03, 0.3  # soft means on target: sharpen
     assert a.update(0, state) == 2.0
     state.alpha = 8.0
     assert a.update(0, state) == 8.0  # capped
@@ -134,6 +137,13 @@ def test_floor_keeps_centres_above_min_units():
     assert centers[0] == pytest.approx(0.5)
     _, centers = PruningObjective("layer", floor=False).terms(gates, 1.0)
     assert centers[0] == pytest.approx(0.25)
+
+
+def test_soft_miss_is_the_worst_mean_code():
+    gates = gates_with_codes([[0.6, 0.5, 0.4, 0.5], [0.9, 0.9]], [0.5, 0.5])
+    assert PruningObjective("layer").soft_miss(gates) == pytest.approx(0.4)
+    assert PruningObjective("global").soft_miss(gates) == pytest.approx(
+        abs((4 * 0.5 + 2 * 0.9) / 6 - 0.5))
 
 
 def test_miss_allows_half_a_unit_per_layer():
