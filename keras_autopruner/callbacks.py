@@ -163,7 +163,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             st.task_losses.append(l_cla)
         st.miss = self.objective.miss(self.gates)
         st.soft_miss = self.objective.soft_miss(self.gates)
-        st.soft_misses.append(st.soft_miss)
+        st.choice_misses.append(st.choice_miss)
         st.binary = binary_share(self.gates, self.binary_tolerance)
         done = (st.phase == S.PUSHING and st.miss <= self.tolerance
                 and st.binary >= self.binary_target)

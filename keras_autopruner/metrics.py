@@ -18,6 +18,8 @@ VGG16 at about 15.5 G "FLOPs":
   number of outputs for local pooling, the input size for global pooling.
 * Merges (`Add`, `Multiply`, `Concatenate`, ...), activations and shape
   layers count zero.
+* An `AutoPrunerGate` counts one multiply per element: its inference cost
+  (the map that computes its code only runs in training).
 * A layer that holds weights but has no counting rule counts zero and is
   named in `FlopCount.unknown`, so a missing rule is visible, never silent.
   Add rules for your own layers with `register_flops`.
@@ -322,6 +324,22 @@ def _register_builtin_rules():
 
 
 _register_builtin_rules()
+
+
+def _gate_macs(layer, ins, outs):
+    # In inference a gate multiplies each element by its channel's code or
+    # mask; the fully connected map that computes the code only runs in
+    # training, so, as for batch norm, only the inference cost counts.
+    return _numel(outs[0])
+
+
+def _register_gate_rule():
+    from keras_autopruner.gate import AutoPrunerGate
+
+    register_flops(AutoPrunerGate, _gate_macs)
+
+
+_register_gate_rule()
 
 
 def _graph_of(layer):

@@ -25,7 +25,20 @@ class PruneState:
     binary: float = 0.0
     tolerance: float = 0.02
     task_losses: list = dataclasses.field(default_factory=list)
-    soft_misses: list = dataclasses.field(default_factory=list)
+    choice_misses: list = dataclasses.field(default_factory=list)
+
+    @property
+    def choice_miss(self):
+        """How far the gates are from having chosen the target.
+
+        Lambda moves the soft means and alpha turns soft codes into hard
+        ones, and either miss can close first: soft means on target while
+        codes near 0.5 round the wrong way, or a hard count on target while
+        kept codes sit at 0.8. Once either is close, lambda has done its
+        part and sharpening finishes the job; waiting for one specific miss
+        deadlocks (seen on the Fashion-MNIST benchmark both ways).
+        """
+        return min(self.miss, self.soft_miss)
 
 
 class StepLambda:
@@ -80,19 +93,16 @@ class LambdaController:
     prunes filters the network has not yet learned to use; waiting for the
     loss to settle lets the gates pick among trained filters.
 
-    While pushing: when the gates' mean soft code misses the target by more
-    than the callback's `tolerance` and that miss shrank by less than
-    `min_progress` (a fraction of itself) over the last epoch, lambda is
-    multiplied by `growth`, up to `max_lambda`. A miss that is closing at a
-    good pace leaves lambda alone, so lambda grows only as far as the task
-    loss makes it necessary. The soft miss is used because it is what lambda
-    moves: with codes still soft a layer can hold its mean on target while
-    its hard 0/1 count is off, and raising lambda then does nothing (alpha,
-    not lambda, turns soft codes into hard ones).
+    While pushing: when the gates miss the target (`PruneState.choice_miss`,
+    the smaller of the soft and hard misses) by more than the callback's
+    `tolerance` and that miss shrank by less than `min_progress` (a fraction
+    of itself) over the last epoch, lambda is multiplied by `growth`, up to
+    `max_lambda`. A miss that is closing at a good pace leaves lambda alone,
+    so lambda grows only as far as the task loss makes it necessary.
 
-    Stop: once the soft miss is within the callback's `tolerance` lambda is
-    held; the callback declares the run done when the hard kept fraction is
-    within tolerance and the codes are binary.
+    Stop: once the choice miss is within the callback's `tolerance` lambda
+    is held; the callback declares the run done when the hard kept fraction
+    is within tolerance and the codes are binary.
 
     Args:
         start: lambda when pushing starts.
@@ -147,11 +157,12 @@ class LambdaController:
                 return self.start
             return 0.0
         lam = state.lam
-        if state.soft_miss <= state.tolerance:
+        miss = state.choice_miss
+        if miss <= state.tolerance:
             return lam  # the constraint holds: stop raising
-        if len(state.soft_misses) >= 2:
-            before = state.soft_misses[-2]
-            stalled = (before - state.soft_miss) < self.min_progress * before
+        if len(state.choice_misses) >= 2:
+            before = state.choice_misses[-2]
+            stalled = (before - miss) < self.min_progress * before
         else:
             stalled = False
         if stalled:
@@ -169,9 +180,9 @@ class LambdaController:
 class AlphaSchedule:
     """Raises alpha, the sigmoid scale, until every code is binary.
 
-    Alpha is held while the gates are still choosing (their mean soft code
-    misses the target by more than `release`) and multiplied by `factor`
-    each epoch once the choice is made. Sharpening earlier saturates the
+    Alpha is held while the gates are still choosing (`PruneState.choice_miss`
+    above `release`) and multiplied by `factor` each epoch once the choice
+    is made. Sharpening earlier saturates the
     sigmoid at "keep" before the pruning term has acted: in float32
     `sigmoid(30) == 1.0` exactly, its gradient is exactly zero, and no lambda
     can prune any more (the failure the VGG16/CUB study ran into). The
@@ -181,7 +192,7 @@ class AlphaSchedule:
     Args:
         start: initial alpha.
         factor: multiplier per epoch once released.
-        release: the soft miss under which sharpening starts.
+        release: the choice miss under which sharpening starts.
         max_alpha: the largest alpha.
     """
 
@@ -198,7 +209,7 @@ class AlphaSchedule:
     def update(self, epoch, state):
         if state.phase != PUSHING or state.binary >= 1.0:
             return state.alpha
-        if state.soft_miss > self.release:
+        if state.choice_miss > self.release:
             return state.alpha
         return min(self.max_alpha, state.alpha * self.factor)
 

@@ -63,7 +63,7 @@ def _clone(layer, name):
     return layer.__class__.from_config(config)
 
 
-def rebuild(model, make_layer=None, after=None, name=None):
+def rebuild(model, make_layer=None, after=None, name=None, skip=None):
     """Replay `model` as a new flat functional model.
 
     Args:
@@ -75,6 +75,10 @@ def rebuild(model, make_layer=None, after=None, name=None):
             with the original layer and the new output tensors; return other
             tensors to insert layers behind it.
         name: name of the new model (default: the original's).
+        skip: optional `fn(layer) -> bool`; a layer for which it is true is
+            left out and its input passed through in its place (it must
+            take one tensor and return one of the same shape). `strip`
+            uses this to drop gates.
 
     Returns:
         `(new_model, layer_map)` where `layer_map` maps each original layer
@@ -130,6 +134,8 @@ def rebuild(model, make_layer=None, after=None, name=None):
                     inner_tensors[id(ref)] = value
                 walk(inner, inner_tensors, layer.name)
                 outputs = [inner_tensors[id(t)] for t in inner.outputs]
+            elif skip is not None and skip(layer):
+                outputs = [_passed_through(layer, args, kwargs)]
             else:
                 if id(layer) not in layer_map:
                     new_layer = make_layer(layer, unique(layer.name, prefix))
@@ -151,6 +157,19 @@ def rebuild(model, make_layer=None, after=None, name=None):
         new_outputs = new_outputs[0]
     inputs = new_inputs[0] if len(new_inputs) == 1 else new_inputs
     return keras.Model(inputs, new_outputs, name=name or model.name), layer_map
+
+
+def _passed_through(layer, args, kwargs):
+    """The single input of a skipped layer, which takes its output's place."""
+    flat_in = [t for t in tree.flatten((args, kwargs))
+               if isinstance(t, keras.KerasTensor)]
+    if len(flat_in) != 1:
+        raise ValueError(
+            f"Cannot skip layer {layer.name!r}: it is called with "
+            f"{len(flat_in)} tensors, and only a one-input layer can be "
+            "replaced by its input."
+        )
+    return flat_in[0]
 
 
 def topological_nodes(graph):

@@ -57,31 +57,35 @@ def test_controller_starts_after_max_warmup_anyway():
 def test_controller_raises_only_on_stall_and_holds_at_target():
     c = LambdaController(growth=10.0, min_progress=0.3)
     state = PruneState(phase=PUSHING, lam=1.0, tolerance=0.02)
-    state.soft_misses = [0.40, 0.39]  # stalled
-    state.soft_miss = 0.39
+    state.choice_misses = [0.40, 0.39]  # stalled
+    state.soft_miss = state.miss = 0.39
     assert c.update(0, state) == 10.0
     state.lam = 10.0
-    state.soft_misses = [0.39, 0.20]  # closing fast: hold
-    state.soft_miss = 0.20
+    state.choice_misses = [0.39, 0.20]  # closing fast: hold
+    state.soft_miss = state.miss = 0.20
     assert c.update(1, state) == 10.0
-    state.soft_misses = [0.20, 0.19]
+    state.choice_misses = [0.20, 0.19]
     state.soft_miss = 0.01  # within tolerance: hold even though it barely moved
     state.miss = 0.2  # a hard miss is alpha's job, not lambda's
     assert c.update(2, state) == 10.0
+    state.soft_miss, state.miss = 0.2, 0.0  # and the other way round
+    assert c.update(3, state) == 10.0
 
 
 def test_controller_respects_max_lambda():
     c = LambdaController(max_lambda=50.0)
-    state = PruneState(phase=PUSHING, lam=40.0, soft_miss=0.3,
-                       soft_misses=[0.3, 0.3])
+    state = PruneState(phase=PUSHING, lam=40.0, soft_miss=0.3, miss=0.3,
+                       choice_misses=[0.3, 0.3])
     assert c.update(0, state) == 50.0
 
 
 def test_alpha_holds_until_close_then_grows_until_binary():
     a = AlphaSchedule(factor=2.0, release=0.05, max_alpha=8.0)
-    state = PruneState(phase=PUSHING, alpha=1.0, soft_miss=0.2)
+    state = PruneState(phase=PUSHING, alpha=1.0, soft_miss=0.2, miss=0.2)
     assert a.update(0, state) == 1.0
     state.soft_miss, state.miss = 0.03, 0.3  # soft means on target: sharpen
+    assert a.update(0, state) == 2.0
+    state.alpha, state.soft_miss, state.miss = 1.0, 0.3, 0.0  # hard on target
     assert a.update(0, state) == 2.0
     state.alpha = 8.0
     assert a.update(0, state) == 8.0  # capped

@@ -1,0 +1,540 @@
+"""strip: turn a trained gated model into a smaller, ordinary Keras model.
+
+`strip` reads each gate's hard mask, asks `ChannelGraph` which channels the
+network can lose (a channel goes only with every weight that reads or writes
+it, and only where it is zero wherever it is read), rebuilds the model
+without gates at the narrower widths and copies the sliced weights in.
+`summary` compares the two models layer by layer.
+"""
+
+import dataclasses
+import json
+import numbers
+import warnings
+
+import keras
+import numpy as np
+
+from keras_autopruner import metrics, tracing
+from keras_autopruner.gate import AutoPrunerGate, gates_of
+from keras_autopruner.graph import MIXERS, ChannelGraph
+
+L = keras.layers
+
+COLLAPSE_POLICIES = ("keep_best", "raise")
+
+_CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_CONV_TRANSPOSES = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+_SEPARABLES = (L.SeparableConv1D, L.SeparableConv2D)
+_DEPTHWISES = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+
+
+def strip(gated, threshold=None, *, force=False, tolerance=0.01,
+          on_collapse="keep_best", round_to=None, name=None):
+    """Build the pruned model: no gates, only the kept filters and neurons.
+
+    Each gate's hard mask (`moving_code > threshold`) says which channels
+    of its layer stay. A removed channel takes with it every weight that
+    reads or writes it: the filter's kernel column and bias, the batch-norm
+    parameters behind it, the kernel rows of the layers that read it
+    (repeated at every position after `Flatten`), and the same channel of
+    every branch an `Add` or `Multiply` joins it to. Branches joined by a
+    merge share one set of kept channels: the union of what their gates
+    keep (a branch without a gate keeps everything), so no branch loses a
+    channel it still uses. Where the union keeps a channel that one
+    branch's gate zeroes, that zero is folded into the branch's weights
+    (its batch-norm gamma and beta, or its kernel column and bias), which
+    is exact because the activations in between map 0 to 0; otherwise
+    `strip` raises.
+
+    By default the result computes exactly what the gated model computes in
+    inference with hard masks (`set_hard_masks(gated, True)`), which is
+    what `AutoPrunerCallback` validates; `on_collapse="keep_best"` and
+    `round_to` bring back channels and so change it, and say so.
+
+    Args:
+        gated: a model with `AutoPrunerGate` layers (from `add_gates`),
+            Sequential or functional; nested models are flattened.
+        threshold: a channel is kept when its moving code is above this
+            value. Default: each gate's own `threshold` (0.5 unless set),
+            the same test the gate applies in hard-mask inference.
+        force: strip although some codes are still soft (not within
+            `tolerance` of 0 or 1). Each kept channel is then scaled by its
+            code, folded into the weights before the gate (possible when the
+            activations in between are relu, leaky relu, PReLU or linear),
+            and the other channels are removed: the result computes what
+            the gated model computes with soft codes, except for the
+            removed channels.
+            Without `force`, soft codes are an error.
+        tolerance: a code within this of 0 or 1 counts as binary.
+        on_collapse: what to do when a gate keeps no channel at all, which
+            would delete its layer. `"keep_best"` (default) keeps the gate's
+            `min_units` best-scoring channels (at least one) and warns;
+            `"raise"` raises. Training with `PruningObjective(floor=True)`
+            (the default) keeps gates away from this.
+        round_to: optional int k: each gated layer keeps a multiple of k
+            channels (or all of them), adding back the best-scoring removed
+            channels, for accelerators that favour multiples of 8 or 16.
+        name: name of the new model (default: the gated model's, with
+            `_gated` replaced by `_pruned`).
+
+    Returns:
+        A functional `keras.Model` made of standard Keras layers with the
+        gated model's weights, sliced. Its `pruning_report` attribute holds
+        the `PruningReport` comparing it with the gated model, which
+        `export` writes next to the SavedModel.
+
+    Raises:
+        ValueError: the model has no gates; codes are soft and `force` is
+            False; a gate collapses and `on_collapse="raise"`; a layer that
+            `strip` cannot narrow would lose channels (the message names
+            it); or a scale cannot be folded exactly.
+
+    Example:
+
+    >>> gated = add_gates(model, target_rate=0.5)
+    >>> # ... fit with AutoPrunerCallback ...
+    >>> compact = strip(gated)
+    >>> print(compact.pruning_report)
+    >>> compact.compile("adam", "sparse_categorical_crossentropy")
+    >>> compact.fit(x, y, epochs=5)
+    """
+    if on_collapse not in COLLAPSE_POLICIES:
+        raise ValueError(
+            f"on_collapse must be one of {COLLAPSE_POLICIES}, got "
+            f"{on_collapse!r}."
+        )
+    if round_to is not None and (
+            isinstance(round_to, bool)
+            or not isinstance(round_to, numbers.Integral) or round_to < 1):
+        raise ValueError(
+            f"round_to must be a positive int (such as 8 or 16) or None, "
+            f"got {round_to!r}."
+        )
+    tracing.check_traceable(gated, "strip")
+    if not gates_of(gated):
+        raise ValueError(
+            f"strip: model {gated.name!r} has no AutoPrunerGate, so there "
+            "is nothing to strip. Gate it with "
+            "keras_autopruner.add_gates(model, target_rate), train it, then "
+            "strip the gated model."
+        )
+    flat = _flat(gated)
+    graph = ChannelGraph(flat)
+    scales = _scales(graph.gate_layers(), threshold, force, tolerance)
+    need, notes = _settle(graph, scales, on_collapse,
+                          None if round_to is None else int(round_to))
+    folds = _folds(graph, scales, need)
+    _check_widths(graph, need)
+
+    if name is None:
+        name = flat.name.removesuffix("_gated") + "_pruned"
+    compact = _build(graph, need, folds, name)
+    if force:
+        notes.append("force=True: kept channels are scaled by their soft "
+                     "codes, folded into the weights.")
+    compact.pruning_report = summary(flat, compact, notes=notes)
+    return compact
+
+
+def _flat(model):
+    """`model` itself, or a flat copy (weights copied) if it nests models.
+
+    A copy rather than a replay with the same layers: inlined layers may
+    share a name, and the copy renames them the way `add_gates` does.
+    """
+    if any(isinstance(layer, keras.Model) for layer in model.layers):
+        return tracing.flatten(model)
+    return model
+
+
+def _scales(gates, threshold, force, tolerance):
+    """Gate name -> what the stripped model multiplies each channel by."""
+    scales, soft = {}, []
+    for gate in gates:
+        codes = gate.scores().astype(np.float64)
+        cut = gate.threshold if threshold is None else float(threshold)
+        kept = codes > cut
+        n_soft = int(np.sum((codes > tolerance) & (codes < 1.0 - tolerance)))
+        if n_soft:
+            soft.append(f"{gate.name} ({n_soft} of {codes.size})")
+        scales[gate.name] = np.where(kept, codes if force else 1.0, 0.0)
+    if soft and not force:
+        raise ValueError(
+            "strip: some gates still have soft codes (not within "
+            f"{tolerance} of 0 or 1): {', '.join(soft)}. The hard-mask "
+            "network differs from the one they were trained as. Train until "
+            "the codes are binary (AutoPrunerCallback raises alpha until "
+            "they are), or pass force=True to keep each kept channel scaled "
+            "by its code."
+        )
+    return scales
+
+
+def _settle(graph, scales, on_collapse, round_to):
+    """Apply the collapse policy and `round_to`; returns `(need, notes)`.
+
+    Both bring back removed channels with a scale of 1, best score first.
+    Bringing one back can widen a coupled layer, so the kept set is worked
+    out again until nothing changes; each channel comes back at most once.
+    """
+    notes, collapsed = [], []
+    while True:
+        need = graph.needed(scales)
+        changed = False
+        for gate in graph.gate_layers():
+            scale = scales[gate.name]
+            kept = need[graph.groups(graph.gate_channels(gate.name))]
+            n, units = int(kept.sum()), kept.size
+            want = n
+            if n == 0:
+                if on_collapse == "raise":
+                    raise ValueError(
+                        f"strip: gate {gate.name!r} keeps none of its "
+                        f"{units} channels, so its layer would vanish "
+                        "(layer collapse). Pass on_collapse='keep_best' to "
+                        "keep its min_units best-scoring channels, or "
+                        "retrain with PruningObjective(floor=True) and "
+                        "add_gates(..., min_units=k) so that every layer "
+                        "keeps at least k."
+                    )
+                want = min(units, max(1, gate.min_units))
+                collapsed.append(f"{gate.name} (kept {want})")
+            elif round_to and n % round_to and n < units:
+                want = min(units, -(-n // round_to) * round_to)
+            if want > n:
+                candidates = np.flatnonzero(~kept & (scale == 0))
+                best = candidates[np.argsort(-gate.scores()[candidates],
+                                             kind="stable")][:want - n]
+                if best.size:
+                    scale[best] = 1.0
+                    changed = True
+        if not changed:
+            break
+    if collapsed:
+        message = (
+            "strip: layer collapse: these gates kept no channel, so their "
+            "best-scoring channels were kept instead (on_collapse="
+            f"'keep_best'): {', '.join(collapsed)}. The stripped model "
+            "differs there from the gated one; fine-tune it, or retrain with "
+            "PruningObjective(floor=True) and add_gates(..., min_units=k)."
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        notes.append(message)
+    if round_to:
+        notes.append(f"round_to={round_to}: gated layers keep multiples of "
+                     f"{round_to} channels (or all), best score first.")
+    return need, notes
+
+
+def _folds(graph, scales, need):
+    """Per-channel multipliers to fold into the weights before each gate.
+
+    A kept channel whose gate multiplies it by s != 1 must still come out
+    multiplied by s once the gate is gone. Returns `id(layer) -> array`.
+    """
+    folds, problems = {}, []
+    for gate in graph.gate_layers():
+        scale = scales[gate.name]
+        kept = need[graph.groups(graph.gate_channels(gate.name))]
+        todo = kept & (scale != 1.0)
+        if not todo.any():
+            continue
+        site = graph.scale_site(gate.name)
+        if site.layer is None:
+            problems.append(f"{gate.name}: {site.error}")
+            continue
+        zeros, parts = todo & (scale == 0), todo & (scale > 0)
+        where = f"between {site.layer.name!r} and the gate"
+        if zeros.any() and not site.zero_preserving:
+            problems.append(
+                f"{gate.name}: {int(zeros.sum())} channel(s) are zeroed by "
+                "the gate but kept (another branch or a model output uses "
+                f"them), and an activation {where} does not map 0 to 0")
+            continue
+        if parts.any() and not site.homogeneous:
+            problems.append(
+                f"{gate.name}: kept codes cannot be folded, because an "
+                f"activation {where} is not relu, leaky relu, PReLU or "
+                "linear (only those commute with a positive scale)")
+            continue
+        multiplier = folds.setdefault(id(site.layer), np.ones(scale.size))
+        multiplier[todo] *= scale[todo]
+    if problems:
+        raise ValueError(
+            "strip cannot carry the gates' scales into the weights exactly: "
+            + "; ".join(problems) + ". Make those codes exactly 0 or 1 (and "
+            "strip without force), or exclude these layers from add_gates."
+        )
+    return folds
+
+
+def _check_widths(graph, need):
+    for op in graph.ops:
+        if op.kind == "mix" and not graph.kept(op.node.outputs[0], need).any():
+            raise ValueError(
+                f"strip: layer {op.layer.name!r} would keep no filter: every "
+                "channel it writes is zero wherever it is read. Keep some "
+                "of them (set a gate's codes to 1) or remove the layer."
+            )
+
+
+def _build(graph, need, folds, name):
+    def make_layer(layer, new_name):
+        op = graph.op_of(layer)
+        config = layer.get_config()
+        config["name"] = new_name
+        if op.kind == "mix":
+            kept = graph.kept(op.node.outputs[0], need)
+            config[MIXERS[type(layer)]] = int(kept.sum())
+        elif op.kind == "tile" and type(layer) is L.Reshape:
+            out = op.node.outputs[0]
+            kept = graph.kept(out, need)
+            config["target_shape"] = tuple(out.shape[1:-1]) + (
+                int(kept.sum()),)
+        return layer.__class__.from_config(config)
+
+    compact, layer_map = tracing.rebuild(
+        graph.model, make_layer,
+        skip=lambda layer: isinstance(layer, AutoPrunerGate), name=name)
+    for old, new in layer_map.values():
+        if not old.weights:
+            continue
+        values = _sliced(graph, old, need, folds.get(id(old)))
+        for variable in new.weights:
+            value = values[variable.name]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise AssertionError(  # A bug here, never the user's input.
+                    f"strip: sliced {old.name}/{variable.name} has shape "
+                    f"{value.shape}, the new layer wants {variable.shape}."
+                )
+            variable.assign(value.astype(variable.dtype))
+    return compact
+
+
+def _sliced(graph, layer, need, fold):
+    """The layer's weights by name, cut to the kept channels.
+
+    `fold` (or None) multiplies each output channel before cutting.
+    """
+    op = graph.op_of(layer)
+    node = op.node
+    keep_in = graph.kept(node.input_tensors[0], need)
+    keep_out = graph.kept(node.outputs[0], need)
+    values = {v.name: keras.ops.convert_to_numpy(v) for v in layer.weights}
+    out = dict(values)
+    if op.kind == "unknown":
+        return out  # Its channels all stay (ChannelGraph made sure).
+    fold = np.ones(keep_out.size) if fold is None else fold
+    cls = type(layer)
+    if cls is L.Dense:
+        out["kernel"] = (values["kernel"] * fold)[keep_in][:, keep_out]
+    elif cls in _CONVS:
+        kernel = values["kernel"] * fold
+        out["kernel"] = kernel[..., keep_in, :][..., keep_out]
+    elif cls in _CONV_TRANSPOSES:  # (*size, filters, in_channels)
+        kernel = values["kernel"] * fold[:, None]
+        out["kernel"] = kernel[..., keep_out, :][..., keep_in]
+    elif cls in _SEPARABLES:
+        out["depthwise_kernel"] = values["depthwise_kernel"][..., keep_in, :]
+        read = np.repeat(keep_in, layer.depth_multiplier)
+        pointwise = values["pointwise_kernel"] * fold
+        out["pointwise_kernel"] = pointwise[..., read, :][..., keep_out]
+    elif cls in _DEPTHWISES:
+        out["kernel"] = values["kernel"][..., keep_in, :]
+    elif cls is L.BatchNormalization:
+        for key in ("gamma", "beta"):
+            if key in values:
+                values[key] = values[key] * fold
+        for key, value in values.items():
+            out[key] = value[keep_in]
+    elif cls is L.PReLU:
+        alpha = values["alpha"]
+        if alpha.shape[-1] == keep_in.size:  # Not shared along channels.
+            out["alpha"] = alpha[..., keep_in]
+    if "bias" in values and cls is not L.BatchNormalization:
+        out["bias"] = (values["bias"] * fold)[keep_out]
+    return out
+
+
+@dataclasses.dataclass
+class PruningReport:
+    """What `strip` removed, layer by layer.
+
+    Attributes:
+        rows: one dict per layer of the gated model (gates left out) with
+            `layer`, `class`, `filters_before`/`filters_after` (for layers
+            with filters or units, else None), `params_before`/
+            `params_after` and `macs_before`/`macs_after` (None when the
+            layer is not in the other model).
+        totals: `params_before`, `params_after`, `macs_before`,
+            `macs_after` of the whole models (before: without gates) and the
+            ratios `params_ratio`, `macs_ratio` (before / after).
+        gates: `count`, `params` and `macs` of the gates strip dropped.
+        notes: what the reader should know (collapse, round_to, force).
+
+    Example:
+
+    >>> report = summary(gated, compact)
+    >>> report.totals["macs_ratio"]
+    3.8
+    >>> print(report)            # a plain-text table
+    >>> report.to_markdown()     # the same as a Markdown document
+    """
+
+    rows: list
+    totals: dict
+    gates: dict
+    notes: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2)
+
+    def _table(self):
+        header = ["layer", "class", "filters", "params", "MACs"]
+        lines = []
+        for row in self.rows:
+            lines.append([
+                row["layer"], row["class"],
+                _pair(row["filters_before"], row["filters_after"]),
+                _pair(row["params_before"], row["params_after"]),
+                _pair(row["macs_before"], row["macs_after"]),
+            ])
+        t = self.totals
+        lines.append(["total", "", "",
+                      _pair(t["params_before"], t["params_after"]),
+                      _pair(t["macs_before"], t["macs_after"])])
+        return header, lines
+
+    def _ratios(self):
+        t = self.totals
+        parts = []
+        if t["params_ratio"]:
+            parts.append(f"params {t['params_before']:,} -> "
+                         f"{t['params_after']:,} (x{t['params_ratio']:.2f} "
+                         "smaller)")
+        if t["macs_ratio"]:
+            parts.append(f"MACs {t['macs_before']:,} -> {t['macs_after']:,} "
+                         f"(x{t['macs_ratio']:.2f} fewer)")
+        gates = self.gates
+        if gates["count"]:
+            parts.append(f"{gates['count']} gates dropped ({gates['params']:,}"
+                         f" params, {gates['macs']:,} MACs, not in 'before')")
+        return parts
+
+    def to_markdown(self):
+        header, lines = self._table()
+        out = ["# Pruning report", ""]
+        out += [f"- {p}" for p in self._ratios() + self.notes]
+        out += ["", "Per layer, before -> after (MACs for one example).", ""]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out) + "\n"
+
+    def __str__(self):
+        header, lines = self._table()
+        widths = [max(len(r[i]) for r in [header] + lines)
+                  for i in range(len(header))]
+        text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                for r in [header] + lines]
+        return "\n".join(text + self._ratios() + self.notes)
+
+
+def _pair(before, after):
+    def fmt(v):
+        return "-" if v is None else f"{v:,}"
+    if before is None and after is None:
+        return ""
+    if before == after:
+        return fmt(before)
+    return f"{fmt(before)} -> {fmt(after)}"
+
+
+def summary(gated, compact, notes=None):
+    """Compare a model before and after `strip`, layer by layer.
+
+    Args:
+        gated: the gated (or the original) model; None when it is not at
+            hand, and the report then only has the "after" figures.
+        compact: the stripped model.
+        notes: optional list of strings to carry in the report.
+
+    Returns:
+        A `PruningReport`; `print` it for a table of filters, parameters
+        and MACs before and after.
+
+    Example:
+
+    >>> compact = strip(gated)
+    >>> print(summary(gated, compact))
+    """
+    after = {layer.name: layer for layer in compact.layers}
+    macs_after = metrics.count_flops(compact).per_layer
+    rows, gates = [], {"count": 0, "params": 0, "macs": 0}
+    if gated is None:
+        before, macs_before = {}, {}
+        order = list(compact.layers)
+    else:
+        flat = _flat(gated)
+        before = {layer.name: layer for layer in flat.layers}
+        macs_before = metrics.count_flops(flat).per_layer
+        order = list(flat.layers)
+    for layer in order:
+        if isinstance(layer, L.InputLayer):
+            continue
+        if isinstance(layer, AutoPrunerGate):
+            gates["count"] += 1
+            gates["params"] += metrics.count_params(layer)
+            gates["macs"] += macs_before.get(layer.name, 0)
+            continue
+        old, new = before.get(layer.name), after.get(layer.name)
+        row = {
+            "layer": layer.name,
+            "class": type(layer).__name__,
+            "filters_before": _filters(old),
+            "filters_after": _filters(new),
+            "params_before": _params(old),
+            "params_after": _params(new),
+            "macs_before": macs_before.get(layer.name),
+            "macs_after": macs_after.get(layer.name),
+        }
+        if any(row[k] for k in ("filters_before", "filters_after",
+                                "params_before", "params_after",
+                                "macs_before", "macs_after")):
+            rows.append(row)
+    params_after = metrics.count_params(compact)
+    macs_total_after = sum(macs_after.values())
+    if gated is None:
+        params_before = macs_total_before = None
+    else:
+        params_before = metrics.count_params(flat) - gates["params"]
+        macs_total_before = sum(macs_before.values()) - gates["macs"]
+    totals = {
+        "params_before": params_before,
+        "params_after": params_after,
+        "macs_before": macs_total_before,
+        "macs_after": macs_total_after,
+        "params_ratio": _ratio(params_before, params_after),
+        "macs_ratio": _ratio(macs_total_before, macs_total_after),
+    }
+    return PruningReport(rows, totals, gates, list(notes or []))
+
+
+def _params(layer):
+    return None if layer is None else metrics.count_params(layer)
+
+
+def _filters(layer):
+    if layer is None or type(layer) not in MIXERS:
+        return None
+    return int(layer.get_config()[MIXERS[type(layer)]])
+
+
+def _ratio(before, after):
+    if not before or not after:
+        return None
+    return round(before / after, 4)
