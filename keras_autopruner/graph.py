@@ -37,24 +37,17 @@ import numpy as np
 
 from keras_autopruner import tracing
 from keras_autopruner.gate import AutoPrunerGate
+from keras_autopruner.instrument import PRUNABLE
 
 L = keras.layers
 
-# Layers that read every input channel and write new ones. The input
-# channels index kernel rows, the output channels its columns; the value is
-# the config key holding the output width. Exact classes only: a subclass
-# may keep its weights differently, and a wrong guess would be a wrong model.
-MIXERS = {
-    L.Conv1D: "filters",
-    L.Conv2D: "filters",
-    L.Conv3D: "filters",
-    L.Conv1DTranspose: "filters",
-    L.Conv2DTranspose: "filters",
-    L.Conv3DTranspose: "filters",
-    L.SeparableConv1D: "filters",
-    L.SeparableConv2D: "filters",
-    L.Dense: "units",
-}
+# Layers that read every input channel and write new ones: the built-in
+# prunable layers. The input channels index kernel rows, the output channels
+# its columns; the value is the config key holding the output width. A copy
+# taken at import: a class added later with `register_prunable` has no
+# slicing rule here, so strip treats it as unknown rather than guess. Exact
+# classes only: a subclass may keep its weights differently.
+MIXERS = dict(PRUNABLE)
 
 # Activations f applied channel by channel, with f(0) = 0: a zero channel
 # stays zero through them.
