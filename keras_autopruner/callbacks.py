@@ -5,7 +5,8 @@ import numpy as np
 
 from keras_autopruner import schedules as S
 from keras_autopruner.gate import gates_of, set_hard_masks
-from keras_autopruner.objective import PruningObjective, binary_share
+from keras_autopruner.objective import (PruningObjective, binary_share,
+                                        kept_fraction)
 
 
 @keras.saving.register_keras_serializable(package="keras_autopruner")
@@ -167,7 +168,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         st.binary = binary_share(self.gates, self.binary_tolerance)
         done = (st.phase == S.PUSHING and st.miss <= self.tolerance
                 and st.binary >= self.binary_target)
-        kept = self._kept()
+        kept = kept_fraction(self.gates)["overall"]
 
         logs.update(kept=kept, pruning_loss=l_pru, mu=self._mu,
                     alpha=st.alpha, binary=st.binary)
@@ -191,10 +192,6 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             float(g.coef.numpy()) * (float(np.mean(g.code.numpy()))
                                      - float(g.center.numpy())) ** 2
             for g in self.gates))
-
-    def _kept(self):
-        masks = [g.mask() for g in self.gates]
-        return float(sum(m.sum() for m in masks) / sum(m.size for m in masks))
 
     @property
     def done(self):
