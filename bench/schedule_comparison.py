@@ -1,20 +1,31 @@
 """Published step schedule vs the adaptive controller, side by side.
 
-Both runs start from the same trained VGG-style convnet on Fashion-MNIST,
+All runs start from the same trained VGG-style convnet on Fashion-MNIST,
 gate it with target 0.5, and prune with AutoPrunerCallback until the kept
-fraction is within 0.02 of the target with binary codes. The only
-difference is the lambda schedule: `StepLambda()` (x10 every 20 epochs from
-1 to 1e7, pushing from epoch 0) or `LambdaController()` (the default).
-Alpha follows the same `AlphaSchedule` in both, so the comparison isolates
-lambda.
+fraction is within 0.02 of the target with binary codes. Runs:
+
+- `step`: the published lambda schedule `StepLambda()` (x10 every 20 epochs
+  from 1 to 1e7, pushing from epoch 0) with our `AlphaSchedule()` (alpha held
+  until the gates have chosen);
+- `controller`: `LambdaController()` (the default) with the same alpha, so
+  that step vs controller isolates lambda;
+- `step_clock`: the study's setting, `StepLambda()` with alpha sharpening on
+  a clock from epoch 0 (`AlphaSchedule(release=None)`), capped at
+  `--clock-max-epochs`;
+- `fastest`: lambda = 1e4 from epoch 0 with our alpha: no lambda schedule
+  pushes harder, so its epochs are a floor for any lambda schedule on this
+  task (the gates move at most one Adam step per batch).
 
 Printed for each: epochs until done, final test accuracy of the pruned
-(hard-mask) network, and the ratio of epochs. Goal: the controller needs at
-most a quarter of the step schedule's epochs, with accuracy no worse by more
-than one point.
+(hard-mask) network, the ratios, and (since runs that stop early have
+trained less) the test accuracy after fine-tuning each finished run's
+stripped network up to `--equal-epochs` epochs in all. Goal: the controller needs at most a
+quarter of the step schedule's epochs, with accuracy no worse by more than
+one point.
 
     .venv/bin/python bench/schedule_comparison.py            # Debian files if installed
     .venv/bin/python bench/schedule_comparison.py --data embedded
+    .venv/bin/python bench/schedule_comparison.py --runs step,controller
 """
 
 import argparse
@@ -51,27 +62,50 @@ def compile_model(model):
     return model
 
 
-def prune(full_weights, schedule, data, args):
+def runs():
+    """name -> (lambda schedule, alpha schedule)."""
+    return {
+        "step": (kap.StepLambda(), kap.AlphaSchedule()),
+        "controller": (kap.LambdaController(), kap.AlphaSchedule()),
+        "step_clock": (kap.StepLambda(), kap.AlphaSchedule(release=None)),
+        "fastest": (kap.StepLambda(start=1e4, factor=1.0, stop=1e4),
+                    kap.AlphaSchedule()),
+    }
+
+
+def prune(full_weights, schedule, alpha, data, args, max_epochs):
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(args.seed)
     full = small_vgg()
     full.set_weights(full_weights)
     gated = compile_model(kap.add_gates(full, target_rate=args.rate))
-    cb = kap.AutoPrunerCallback(schedule=schedule, stop_when_done=True,
-                                tolerance=0.02)
+    cb = kap.AutoPrunerCallback(schedule=schedule, alpha=alpha,
+                                stop_when_done=True, tolerance=0.02)
     start = time.time()
     history = gated.fit(x, y, batch_size=args.batch_size,
-                        epochs=args.max_epochs, verbose=0,
+                        epochs=max_epochs, verbose=0,
                         validation_data=(xt, yt), callbacks=[cb])
     h = history.history
     kap.set_hard_masks(gated, True)
     _, acc = gated.evaluate(xt, yt, verbose=0)
+    equal = None
+    if cb.done and args.equal_epochs > len(h["loss"]):
+        # A run that stops early has trained less; fine-tune its stripped
+        # network up to the common budget so accuracies compare at equal
+        # training, the way a user would go on after pruning.
+        compact = compile_model(kap.strip(gated))
+        compact.fit(x, y, batch_size=args.batch_size, verbose=0,
+                    epochs=args.equal_epochs - len(h["loss"]))
+        equal = float(compact.evaluate(xt, yt, verbose=0)[1])
+    elif len(h["loss"]) == args.equal_epochs:
+        equal = float(acc)
     return {
         "done": cb.done,
         "epochs": len(h["loss"]),
         "kept": kap.kept_fraction(gated)["overall"],
         "binary": h["binary"][-1],
         "test_accuracy": float(acc),
+        "accuracy_at_equal_epochs": equal,
         "lambda_final": h["lambda"][-1],
         "seconds": time.time() - start,
         "trace": {k: [round(float(v), 4) for v in h[k]]
@@ -89,6 +123,14 @@ def main():
     p.add_argument("--max-epochs", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rate", type=float, default=0.5)
+    p.add_argument("--clock-max-epochs", type=int, default=60,
+                   help="cap for the step_clock run, which may never finish")
+    p.add_argument("--equal-epochs", type=int, default=60,
+                   help="fine-tune each finished run's stripped network up to "
+                        "this many epochs in all and report that accuracy too "
+                        "(0: skip)")
+    p.add_argument("--runs", default="step,controller,step_clock,fastest",
+                   help="comma-separated subset of: " + ",".join(runs()))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write results here")
     args = p.parse_args()
@@ -112,32 +154,57 @@ def main():
     print(f"full model after {args.pretrain_epochs} epochs: "
           f"test accuracy {full_acc:.4f}")
 
+    wanted = [r for r in args.runs.split(",") if r]
+    unknown = sorted(set(wanted) - set(runs()))
+    if unknown:
+        p.error(f"unknown runs {unknown}; choose from {sorted(runs())}")
     results = {}
-    for name, schedule in (("step", kap.StepLambda()),
-                           ("controller", kap.LambdaController())):
-        r = prune(full.get_weights(), schedule, ((x, y), (xt, yt)), args)
+    for name in wanted:
+        schedule, alpha = runs()[name]
+        cap = args.clock_max_epochs if name == "step_clock" else args.max_epochs
+        r = prune(full.get_weights(), schedule, alpha, ((x, y), (xt, yt)),
+                  args, cap)
         results[name] = r
         print(f"{name:>10}: done={r['done']} epochs={r['epochs']} "
               f"kept={r['kept']:.3f} binary={r['binary']:.3f} "
               f"test_acc={r['test_accuracy']:.4f} lambda={r['lambda_final']:g} "
               f"({r['seconds']:.0f} s)", flush=True)
 
-    s, c = results["step"], results["controller"]
-    ratio = c["epochs"] / s["epochs"]
     print()
-    print("| schedule | done | epochs to target | kept | test accuracy |")
-    print("|---|---|---|---|---|")
-    for name in ("step", "controller"):
-        r = results[name]
-        print(f"| {name} | {r['done']} | {r['epochs']} | {r['kept']:.3f} | "
-              f"{r['test_accuracy']:.4f} |")
-    print(f"\nepochs controller/step = {ratio:.3f} (goal <= 0.25); "
-          f"accuracy controller - step = "
-          f"{100 * (c['test_accuracy'] - s['test_accuracy']):+.2f} points "
-          f"(goal >= -1.00)")
-    if not s["done"]:
-        print(f"note: the step schedule did not finish within "
-              f"{args.max_epochs} epochs; the ratio is an upper bound.")
+    equal = (f"accuracy at {args.equal_epochs} epochs" if args.equal_epochs
+             else "accuracy at equal epochs (off)")
+    print(f"| run | lambda | alpha | done | epochs | kept | test accuracy | "
+          f"{equal} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        schedule, alpha = runs()[name]
+        lam = type(schedule).__name__
+        if name == "fastest":
+            lam = "1e4 constant"
+        hold = "on a clock" if alpha.release is None else "held"
+        eq = r["accuracy_at_equal_epochs"]
+        eq = "-" if eq is None else f"{eq:.4f}"
+        print(f"| {name} | {lam} | {hold} | {r['done']} | {r['epochs']} | "
+              f"{r['kept']:.3f} | {r['test_accuracy']:.4f} | {eq} |")
+    print()
+    c = results.get("controller")
+    for base in ("step", "step_clock"):
+        b = results.get(base)
+        if not (b and c):
+            continue
+        bound = "" if b["done"] else " (upper bound: baseline not done)"
+        print(f"epochs controller/{base} = {c['epochs'] / b['epochs']:.3f}"
+              f"{bound} (goal <= 0.25); accuracy controller - {base} = "
+              f"{100 * (c['test_accuracy'] - b['test_accuracy']):+.2f} "
+              f"points (goal >= -1.00)")
+        ce, be = c["accuracy_at_equal_epochs"], b["accuracy_at_equal_epochs"]
+        if ce is not None and be is not None:
+            print(f"  at {args.equal_epochs} epochs of training each: "
+                  f"controller - {base} = {100 * (ce - be):+.2f} points")
+    fast, b = results.get("fastest"), results.get("step")
+    if fast and b and fast["done"] and b["done"]:
+        print(f"floor for any lambda schedule: fastest/step = "
+              f"{fast['epochs'] / b['epochs']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"full_accuracy": full_acc, "results": results,

@@ -26,6 +26,8 @@ class PruneState:
     tolerance: float = 0.02
     task_losses: list = dataclasses.field(default_factory=list)
     choice_misses: list = dataclasses.field(default_factory=list)
+    raised: bool = False  # lambda was raised at the last update
+    stuck: bool = False  # a raise bought no progress: lambda is done
 
     @property
     def choice_miss(self):
@@ -99,6 +101,13 @@ class LambdaController:
     of itself) over the last epoch, lambda is multiplied by `growth`, up to
     `max_lambda`. A miss that is closing at a good pace leaves lambda alone,
     so lambda grows only as far as the task loss makes it necessary.
+    When the epoch after a raise made no such progress either, the miss is
+    not one lambda can close (seen at rate 0.3 on the Fashion-MNIST
+    benchmark: a 16-filter layer whose codes all sat together at 0.37 did
+    not move from lambda = 10 up to 1e7, while the growing pressure drove
+    the other gates' logits into saturation). Lambda is then held for good
+    and the state is marked `stuck`, which releases alpha: sharpening is
+    what separates codes that sit together.
 
     Stop: once the choice miss is within the callback's `tolerance` lambda
     is held; the callback declares the run done when the hard kept fraction
@@ -159,13 +168,18 @@ class LambdaController:
         lam = state.lam
         miss = state.choice_miss
         if miss <= state.tolerance:
+            state.raised = False
             return lam  # the constraint holds: stop raising
         if len(state.choice_misses) >= 2:
             before = state.choice_misses[-2]
             stalled = (before - miss) < self.min_progress * before
         else:
             stalled = False
-        if stalled:
+        if stalled and state.raised:
+            state.stuck = True
+        raise_it = stalled and not state.stuck
+        state.raised = raise_it and lam < self.max_lambda
+        if raise_it:
             lam = min(self.max_lambda, lam * self.growth)
         return lam
 
@@ -181,35 +195,43 @@ class AlphaSchedule:
     """Raises alpha, the sigmoid scale, until every code is binary.
 
     Alpha is held while the gates are still choosing (`PruneState.choice_miss`
-    above `release`) and multiplied by `factor` each epoch once the choice
-    is made. Sharpening earlier saturates the
+    above `release`, and the lambda controller not `stuck`) and multiplied
+    by `factor` each epoch once the choice is made. Sharpening earlier saturates the
     sigmoid at "keep" before the pruning term has acted: in float32
     `sigmoid(30) == 1.0` exactly, its gradient is exactly zero, and no lambda
     can prune any more (the failure the VGG16/CUB study ran into). The
     pruning term stays on while alpha grows, so the hard kept fraction that
     emerges keeps matching the target.
 
+    `release=None` sharpens on a clock from the first pushing epoch,
+    whatever the gates have chosen: the setting of the VGG16/CUB study, kept
+    so that `bench/schedule_comparison.py` can show what the hold buys.
+
     Args:
         start: initial alpha.
         factor: multiplier per epoch once released.
-        release: the choice miss under which sharpening starts.
+        release: the choice miss under which sharpening starts, or None to
+            sharpen from the start.
         max_alpha: the largest alpha.
     """
 
     def __init__(self, start=1.0, factor=2.0, release=0.05, max_alpha=256.0):
-        if start <= 0 or factor < 1 or max_alpha < start or release < 0:
+        if start <= 0 or factor < 1 or max_alpha < start or (
+                release is not None and release < 0):
             raise ValueError(
                 "AlphaSchedule needs start > 0, factor >= 1, release >= 0 and "
                 f"max_alpha >= start; got {start}, {factor}, {release}, "
                 f"{max_alpha}."
             )
         self.start, self.factor = float(start), float(factor)
-        self.release, self.max_alpha = float(release), float(max_alpha)
+        self.release = None if release is None else float(release)
+        self.max_alpha = float(max_alpha)
 
     def update(self, epoch, state):
         if state.phase != PUSHING or state.binary >= 1.0:
             return state.alpha
-        if state.choice_miss > self.release:
+        if (self.release is not None and state.choice_miss > self.release
+                and not state.stuck):
             return state.alpha
         return min(self.max_alpha, state.alpha * self.factor)
 

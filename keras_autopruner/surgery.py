@@ -30,7 +30,8 @@ _DEPTHWISES = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 
 
 def strip(gated, threshold=None, *, force=False, tolerance=0.01,
-          on_collapse="keep_best", round_to=None, name=None):
+          binary_target=0.99, on_collapse="keep_best", round_to=None,
+          name=None):
     """Build the pruned model: no gates, only the kept filters and neurons.
 
     Each gate's hard mask (`moving_code > threshold`) says which channels
@@ -65,8 +66,14 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
             and the other channels are removed: the result computes what
             the gated model computes with soft codes, except for the
             removed channels.
-            Without `force`, soft codes are an error.
+            Without `force`, soft codes are an error unless they are few
+            (see `binary_target`).
         tolerance: a code within this of 0 or 1 counts as binary.
+        binary_target: share of binary codes (over all gates) from which
+            the few soft ones left are simply rounded to the hard mask, as
+            hard-mask validation already does; the report says how many.
+            The default equals `AutoPrunerCallback`'s, so a run the callback
+            calls done strips without `force`. 1.0 refuses any soft code.
         on_collapse: what to do when a gate keeps no channel at all, which
             would delete its layer. `"keep_best"` (default) keeps the gate's
             `min_units` best-scoring channels (at least one) and warns;
@@ -121,9 +128,16 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
         )
     flat = _flat(gated)
     graph = ChannelGraph(flat)
-    scales = _scales(graph.gate_layers(), threshold, force, tolerance)
+    if not 0.0 <= binary_target <= 1.0:
+        raise ValueError(
+            f"binary_target must be in [0, 1], got {binary_target!r}.")
+    scales, rounded = _scales(graph.gate_layers(), threshold, force,
+                              tolerance, binary_target)
     need, notes = _settle(graph, scales, on_collapse,
                           None if round_to is None else int(round_to))
+    if rounded:
+        notes.append(f"{rounded}: soft codes rounded to the hard mask "
+                     f"(binary share above binary_target={binary_target}).")
     folds = _folds(graph, scales, need)
     _check_widths(graph, need)
 
@@ -148,27 +162,33 @@ def _flat(model):
     return model
 
 
-def _scales(gates, threshold, force, tolerance):
-    """Gate name -> what the stripped model multiplies each channel by."""
-    scales, soft = {}, []
+def _scales(gates, threshold, force, tolerance, binary_target):
+    """Gate name -> channel scale in the stripped model, and a note of the
+    soft codes rounded to the hard mask ("" when none were)."""
+    scales, soft, n_codes, n_soft_all = {}, [], 0, 0
     for gate in gates:
         codes = gate.scores().astype(np.float64)
         cut = gate.threshold if threshold is None else float(threshold)
         kept = codes > cut
         n_soft = int(np.sum((codes > tolerance) & (codes < 1.0 - tolerance)))
+        n_codes, n_soft_all = n_codes + codes.size, n_soft_all + n_soft
         if n_soft:
             soft.append(f"{gate.name} ({n_soft} of {codes.size})")
         scales[gate.name] = np.where(kept, codes if force else 1.0, 0.0)
-    if soft and not force:
+    if not soft or force:
+        return scales, ""
+    share = 1.0 - n_soft_all / n_codes
+    if share < binary_target:
         raise ValueError(
             "strip: some gates still have soft codes (not within "
-            f"{tolerance} of 0 or 1): {', '.join(soft)}. The hard-mask "
+            f"{tolerance} of 0 or 1): {', '.join(soft)}; binary share "
+            f"{share:.3f} < binary_target {binary_target}. The hard-mask "
             "network differs from the one they were trained as. Train until "
             "the codes are binary (AutoPrunerCallback raises alpha until "
             "they are), or pass force=True to keep each kept channel scaled "
             "by its code."
         )
-    return scales
+    return scales, ", ".join(soft)
 
 
 def _settle(graph, scales, on_collapse, round_to):

@@ -72,6 +72,24 @@ def test_controller_raises_only_on_stall_and_holds_at_target():
     assert c.update(3, state) == 10.0
 
 
+def test_controller_stops_raising_when_a_raise_buys_nothing():
+    c = LambdaController(growth=10.0, min_progress=0.3)
+    alpha = AlphaSchedule(release=0.05)
+    state = PruneState(phase=PUSHING, lam=10.0, tolerance=0.02)
+    state.choice_misses = [0.075, 0.067]  # stalled: raise
+    state.soft_miss = state.miss = 0.067
+    assert c.update(0, state) == 100.0 and state.raised
+    state.lam = 100.0
+    assert alpha.update(0, state) == 1.0  # still choosing: alpha held
+    state.choice_misses.append(0.068)  # the raise did nothing
+    state.soft_miss = state.miss = 0.068
+    assert c.update(1, state) == 100.0  # held, not 1000
+    assert state.stuck and not state.raised
+    assert alpha.update(1, state) == 2.0  # sharpening takes over
+    state.choice_misses.append(0.068)
+    assert c.update(2, state) == 100.0  # and lambda stays held
+
+
 def test_controller_respects_max_lambda():
     c = LambdaController(max_lambda=50.0)
     state = PruneState(phase=PUSHING, lam=40.0, soft_miss=0.3, miss=0.3,
@@ -95,6 +113,15 @@ def test_alpha_holds_until_close_then_grows_until_binary():
     assert a.update(0, state) == 2.0
     state.phase = DONE
     assert a.update(0, state) == 2.0
+
+
+def test_alpha_on_a_clock_ignores_the_miss():
+    a = AlphaSchedule(factor=2.0, release=None)
+    state = PruneState(phase=PUSHING, alpha=1.0, soft_miss=0.5, miss=0.5)
+    assert a.update(0, state) == 2.0
+    assert AlphaSchedule(**a.get_config()).release is None
+    with pytest.raises(ValueError, match="release >= 0"):
+        AlphaSchedule(release=-0.1)
 
 
 def gates_with_codes(codes, rates, unit_costs=None):

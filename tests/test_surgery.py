@@ -409,6 +409,26 @@ def test_soft_codes_are_an_error_naming_the_gates():
         kap.strip(gated)
 
 
+def test_a_few_soft_codes_are_rounded_like_the_callback_allows():
+    # The callback calls a run done at 99% binary codes; strip must accept
+    # that run without force and build its hard-mask network.
+    x = keras.Input((5,))
+    h = L.Dense(200, activation="relu", name="wide")(x)
+    gated = kap.add_gates(keras.Model(x, L.Dense(3, name="out")(h)), 0.5)
+    gate = gates_of(gated)[0]
+    codes = np.array([1.0] * 100 + [0.0] * 98 + [0.7, 0.2], "float32")
+    gate.moving_code.assign(codes)
+    compact = kap.strip(gated)
+    assert compact.get_layer("wide").units == 101
+    assert any("wide_gate (2 of 200)" in n for n in compact.pruning_report.notes)
+    kap.set_hard_masks(gated, True)
+    assert_same_outputs(gated, compact, inputs_for(gated))
+    with pytest.raises(ValueError, match="binary share 0.990 < binary_target 1.0"):
+        kap.strip(gated, binary_target=1.0)
+    with pytest.raises(ValueError, match="binary_target must be in"):
+        kap.strip(gated, binary_target=1.5)
+
+
 @pytest.mark.parametrize("with_bn", [False, True])
 def test_force_folds_kept_codes_into_the_weights(with_bn):
     rng = np.random.default_rng(0)
