@@ -175,11 +175,10 @@ class LambdaController:
             stalled = (before - miss) < self.min_progress * before
         else:
             stalled = False
-        if stalled and state.raised:
-            state.stuck = True
-        raise_it = stalled and not state.stuck
-        state.raised = raise_it and lam < self.max_lambda
-        if raise_it:
+        if stalled and (state.raised or lam >= self.max_lambda):
+            state.stuck = True  # more lambda did not help, or cannot come
+        state.raised = stalled and not state.stuck
+        if state.raised:
             lam = min(self.max_lambda, lam * self.growth)
         return lam
 
@@ -196,8 +195,8 @@ class AlphaSchedule:
 
     Alpha is held while the gates are still choosing (`PruneState.choice_miss`
     above `release`, and the lambda controller not `stuck`) and multiplied
-    by `factor` each epoch once the choice is made. Sharpening earlier saturates the
-    sigmoid at "keep" before the pruning term has acted: in float32
+    by `factor` each epoch once the choice is made. Sharpening earlier
+    saturates the sigmoid at "keep" before the pruning term has acted: in float32
     `sigmoid(30) == 1.0` exactly, its gradient is exactly zero, and no lambda
     can prune any more (the failure the VGG16/CUB study ran into). The
     pruning term stays on while alpha grows, so the hard kept fraction that

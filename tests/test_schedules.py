@@ -95,6 +95,10 @@ def test_controller_respects_max_lambda():
     state = PruneState(phase=PUSHING, lam=40.0, soft_miss=0.3, miss=0.3,
                        choice_misses=[0.3, 0.3])
     assert c.update(0, state) == 50.0
+    state.lam, state.raised = 50.0, False
+    state.choice_misses.append(0.3)
+    assert c.update(1, state) == 50.0
+    assert state.stuck  # no more lambda to come: alpha takes over
 
 
 def test_alpha_holds_until_close_then_grows_until_binary():
