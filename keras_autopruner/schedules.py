@@ -101,13 +101,16 @@ class LambdaController:
     of itself) over the last epoch, lambda is multiplied by `growth`, up to
     `max_lambda`. A miss that is closing at a good pace leaves lambda alone,
     so lambda grows only as far as the task loss makes it necessary.
-    When the epoch after a raise made no such progress either, the miss is
-    not one lambda can close (seen at rate 0.3 on the Fashion-MNIST
-    benchmark: a 16-filter layer whose codes all sat together at 0.37 did
-    not move from lambda = 10 up to 1e7, while the growing pressure drove
-    the other gates' logits into saturation). Lambda is then held for good
-    and the state is marked `stuck`, which releases alpha: sharpening is
-    what separates codes that sit together.
+    Close to the target (choice miss within `stuck_within`), when the epoch
+    after a raise made no such progress either, the miss is not one lambda
+    can close (seen at rate 0.3 on the Fashion-MNIST benchmark: a 16-filter
+    layer whose codes all sat together at 0.37 did not move from lambda = 10
+    up to 1e7, while the growing pressure drove the other gates' logits
+    into saturation). Lambda is then held for good and the state is marked
+    `stuck`, which releases alpha: sharpening is what separates codes that
+    sit together. Far from the target a slow epoch only means few optimizer
+    steps per epoch, and lambda keeps rising (releasing alpha there froze
+    the demo's codes at kept 0.61 for a target of 0.5).
 
     Stop: once the choice miss is within the callback's `tolerance` lambda
     is held; the callback declares the run done when the hard kept fraction
@@ -124,10 +127,13 @@ class LambdaController:
         flat: relative drop per epoch under which the loss counts as flat.
         min_progress: fraction of the miss that must close in an epoch for
             lambda to be left as it is.
+        stuck_within: choice miss under which a raise that bought nothing
+            ends the raising and releases alpha.
     """
 
     def __init__(self, start=1.0, growth=10.0, max_lambda=1e7, warmup=1,
-                 max_warmup=10, settle=0.25, flat=0.05, min_progress=0.3):
+                 max_warmup=10, settle=0.25, flat=0.05, min_progress=0.3,
+                 stuck_within=0.1):
         if start <= 0 or growth < 1 or max_lambda < start:
             raise ValueError(
                 "LambdaController needs start > 0, growth >= 1 and "
@@ -142,6 +148,7 @@ class LambdaController:
         self.warmup, self.max_warmup = int(warmup), int(max_warmup)
         self.settle, self.flat = float(settle), float(flat)
         self.min_progress = float(min_progress)
+        self.stuck_within = float(stuck_within)
 
     def begin(self, state):
         if state.phase == WARMUP and self.max_warmup == 0:
@@ -175,7 +182,8 @@ class LambdaController:
             stalled = (before - miss) < self.min_progress * before
         else:
             stalled = False
-        if stalled and (state.raised or lam >= self.max_lambda):
+        if stalled and miss <= self.stuck_within and (
+                state.raised or lam >= self.max_lambda):
             state.stuck = True  # more lambda did not help, or cannot come
         state.raised = stalled and not state.stuck
         if state.raised:
@@ -187,7 +195,8 @@ class LambdaController:
                 "max_lambda": self.max_lambda, "warmup": self.warmup,
                 "max_warmup": self.max_warmup, "settle": self.settle,
                 "flat": self.flat,
-                "min_progress": self.min_progress}
+                "min_progress": self.min_progress,
+                "stuck_within": self.stuck_within}
 
 
 class AlphaSchedule:

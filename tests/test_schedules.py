@@ -88,6 +88,11 @@ def test_controller_stops_raising_when_a_raise_buys_nothing():
     assert alpha.update(1, state) == 2.0  # sharpening takes over
     state.choice_misses.append(0.068)
     assert c.update(2, state) == 100.0  # and lambda stays held
+    # Far from the target a slow epoch after a raise is not "stuck": with
+    # few optimizer steps per epoch the gates just move slowly.
+    far = PruneState(phase=PUSHING, lam=10.0, raised=True, soft_miss=0.3,
+                     miss=0.3, choice_misses=[0.31, 0.30])
+    assert c.update(0, far) == 100.0 and not far.stuck
 
 
 def test_controller_respects_max_lambda():
@@ -96,7 +101,9 @@ def test_controller_respects_max_lambda():
                        choice_misses=[0.3, 0.3])
     assert c.update(0, state) == 50.0
     state.lam, state.raised = 50.0, False
-    state.choice_misses.append(0.3)
+    state.soft_miss = state.miss = 0.08
+    state.choice_misses.append(0.08)
+    state.choice_misses.append(0.08)
     assert c.update(1, state) == 50.0
     assert state.stuck  # no more lambda to come: alpha takes over
 
