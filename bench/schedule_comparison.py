@@ -29,6 +29,7 @@ one point.
 """
 
 import argparse
+import math
 import json
 import os
 import time
@@ -62,12 +63,18 @@ def compile_model(model):
     return model
 
 
-def runs():
-    """name -> (lambda schedule, alpha schedule)."""
+def runs(steps_per_epoch):
+    """name -> (lambda schedule, alpha schedule).
+
+    The published schedule multiplies lambda by 10 every 20 epochs; the
+    schedules count optimizer steps, so that is 20 epochs' worth of steps.
+    """
+    every = 20 * steps_per_epoch
     return {
-        "step": (kap.StepLambda(), kap.AlphaSchedule()),
+        "step": (kap.StepLambda(every=every), kap.AlphaSchedule()),
         "controller": (kap.LambdaController(), kap.AlphaSchedule()),
-        "step_clock": (kap.StepLambda(), kap.AlphaSchedule(release=None)),
+        "step_clock": (kap.StepLambda(every=every),
+                       kap.AlphaSchedule(release=None)),
         "fastest": (kap.StepLambda(start=1e4, factor=1.0, stop=1e4),
                     kap.AlphaSchedule()),
     }
@@ -86,10 +93,11 @@ def prune(full_weights, schedule, alpha, data, args, max_epochs):
                         epochs=max_epochs, verbose=0,
                         validation_data=(xt, yt), callbacks=[cb])
     h = history.history
+    converged = cb.result["reason"] == "done"
     kap.set_hard_masks(gated, True)
     _, acc = gated.evaluate(xt, yt, verbose=0)
     equal = None
-    if cb.done and args.equal_epochs > len(h["loss"]):
+    if converged and args.equal_epochs > len(h["loss"]):
         # A run that stops early has trained less; fine-tune its stripped
         # network up to the common budget so accuracies compare at equal
         # training, the way a user would go on after pruning.
@@ -100,7 +108,7 @@ def prune(full_weights, schedule, alpha, data, args, max_epochs):
     elif len(h["loss"]) == args.equal_epochs:
         equal = float(acc)
     return {
-        "done": cb.done,
+        "done": converged,
         "epochs": len(h["loss"]),
         "kept": kap.kept_fraction(gated)["overall"],
         "binary": h["binary"][-1],
@@ -130,7 +138,7 @@ def main():
                         "this many epochs in all and report that accuracy too "
                         "(0: skip)")
     p.add_argument("--runs", default="step,controller,step_clock,fastest",
-                   help="comma-separated subset of: " + ",".join(runs()))
+                   help="comma-separated subset of: " + ",".join(runs(1)))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write results here")
     args = p.parse_args()
@@ -155,12 +163,13 @@ def main():
           f"test accuracy {full_acc:.4f}")
 
     wanted = [r for r in args.runs.split(",") if r]
-    unknown = sorted(set(wanted) - set(runs()))
+    table = runs(math.ceil(len(x) / args.batch_size))
+    unknown = sorted(set(wanted) - set(table))
     if unknown:
-        p.error(f"unknown runs {unknown}; choose from {sorted(runs())}")
+        p.error(f"unknown runs {unknown}; choose from {sorted(table)}")
     results = {}
     for name in wanted:
-        schedule, alpha = runs()[name]
+        schedule, alpha = table[name]
         cap = args.clock_max_epochs if name == "step_clock" else args.max_epochs
         r = prune(full.get_weights(), schedule, alpha, ((x, y), (xt, yt)),
                   args, cap)
@@ -177,7 +186,7 @@ def main():
           f"{equal} |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        schedule, alpha = runs()[name]
+        schedule, alpha = table[name]
         lam = type(schedule).__name__
         if name == "fastest":
             lam = "1e4 constant"

@@ -105,14 +105,10 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
     gate_kept = {g.name[:-len("_gate")]: int(g.mask().sum())
                  for g in gates_of(gated)}
     gate_min = {g.name[:-len("_gate")]: g.min_units for g in gates_of(gated)}
-    force = False
-    try:
-        compact = kap.strip(gated, on_collapse=on_collapse)
-    except ValueError as err:
-        if "soft codes" not in str(err):
-            raise
-        force = True  # The epoch cap ran out before the codes were binary.
-        compact = kap.strip(gated, force=True, on_collapse=on_collapse)
+    # The callback always ends with an exact choice (at the latest when fit
+    # returns), so strip never needs force.
+    compact = kap.strip(gated, on_collapse=on_collapse)
+    converged = callback.result["reason"] == "done"
     compile_(compact)
     stripped_acc = accuracy(compact)
     say(f"[fc_dnn] fine-tuning the compact network ({finetune_epochs} "
@@ -144,7 +140,7 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
     result = {
         "data": data or "UCI Letter Recognition (shipped)",
         "rate": rate, "objective": objective, "on_collapse": on_collapse,
-        "converged": bool(callback.done), "forced_strip": force,
+        "converged": converged, "prune_steps": callback.result["steps"],
         "prune_epochs": len(prune_history.get("loss", [])),
         "accuracy_full": full_acc, "accuracy_stripped": stripped_acc,
         "accuracy_finetuned": final_acc,
@@ -171,9 +167,9 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
             f"gate kept at least one neuron (min_units={min_units}).")
     for note in report.notes:
         say(f"Note: {note}")
-    if not callback.done:
-        say(f"Pruning did not converge in {prune_epochs} epochs; the codes "
-            "were folded in with strip(force=True).")
+    if not converged:
+        say(f"Pruning did not converge in {prune_epochs} epochs; the exact "
+            "choice was made from the gates' scores when fit returned.")
     say(f"Accuracy: full {full_acc:.4f}, stripped {stripped_acc:.4f}, "
         f"fine-tuned {final_acc:.4f}")
     say(f"Parameters: {result['params_full']:,} -> "

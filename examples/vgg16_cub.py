@@ -111,6 +111,15 @@ def _mock_data(num_examples):
         num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
+def _steps_per_epoch(dataset):
+    steps = int(dataset.cardinality())
+    if steps < 1:
+        raise ValueError(
+            "The step schedule counts optimizer steps, but this training "
+            "set's length is unknown; use --schedule=controller.")
+    return steps
+
+
 def _say(message):
     print(f"[vgg16_cub] {message}", flush=True)
 
@@ -214,21 +223,17 @@ def _run(out, dataset, data_dir, image_size, batch_size, rates, schedule,
         os.makedirs(folder, exist_ok=True)
         gated = kap.add_gates(full, target_rate=rate)
         compile_(gated)
-        lam = (kap.StepLambda(every=step_every) if schedule == "step"
-               else schedule)
+        lam = (kap.StepLambda(every=step_every * _steps_per_epoch(
+            train_data())) if schedule == "step" else schedule)
         callback = kap.AutoPrunerCallback(schedule=lam, stop_when_done=True,
                                           per_gate_logs=True)
         _say(f"rate {rate:g}: pruning, at most {prune_epochs} epochs "
              f"({schedule} schedule)...")
         prune_curves = fit(gated, prune_epochs, "prune", [callback])
-        try:
-            compact = kap.strip(gated)
-        except ValueError as err:
-            if "soft codes" not in str(err):
-                raise
+        if callback.result["reason"] != "done":
             _say(f"rate {rate:g}: codes still soft after {prune_epochs} "
-                 "epochs; stripping with force=True")
-            compact = kap.strip(gated, force=True)
+                 "epochs; the exact choice was made from the gates' scores")
+        compact = kap.strip(gated)
         _say(f"rate {rate:g}: stripped\n{compact.pruning_report}")
         compile_(compact)
         stripped_acc = evaluate(compact)
@@ -252,7 +257,8 @@ def _run(out, dataset, data_dir, image_size, batch_size, rates, schedule,
             "params": kap.count_params(compact),
             "macs": kap.count_flops(compact).total,
             "epochs": full_epochs_spent + prune_used + finetune_epochs,
-            "prune_epochs": prune_used, "converged": bool(callback.done),
+            "prune_epochs": prune_used,
+            "converged": callback.result["reason"] == "done",
         })
         _say(f"rate {rate:g}: test accuracy {acc:.4f}; outputs in {folder}")
         keras.backend.clear_session()

@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 POOLINGS = ("avg", "max")
@@ -27,7 +28,9 @@ class AutoPrunerGate(keras.layers.Layer):
     In inference (`training=False`) the gate uses a moving average of the
     codes seen in training, or, once `hard` is switched on, the 0/1 mask
     `moving_code > threshold`, so that evaluation shows the accuracy of the
-    network that `strip` will build.
+    network that `strip` will build. Once the run is done (`phase` 2, set by
+    the callback with the final, exact choice) the gate applies that mask
+    in training too.
 
     The gate also carries the state of the pruning run (alpha, lambda, mu,
     phase) as non-trainable weights, so a saved model resumes where it left.
@@ -50,9 +53,13 @@ class AutoPrunerGate(keras.layers.Layer):
             network.
         kernel_scale: standard deviation of the initial kernel, times
             1/sqrt(fan_in).
-        unit_cost: cost of one kept channel for a FLOP-weighted budget (the
-            multiply-accumulates of the producing layer per output channel).
         min_units: the fewest channels the objective lets this gate keep.
+        speed: the logits are `speed * (pool(x) @ kernel + bias)`, with
+            kernel and bias initialised `speed` times smaller (the same
+            starting logits). Adam moves each weight by about one learning
+            rate per step whatever its scale, so the logits move `speed`
+            times faster: the gates choose in fewer optimizer steps without
+            a learning rate of their own.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Example:
@@ -72,8 +79,8 @@ class AutoPrunerGate(keras.layers.Layer):
         threshold=0.5,
         bias_init=2.0,
         kernel_scale=0.1,
-        unit_cost=1.0,
         min_units=1,
+        speed=10.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -93,8 +100,10 @@ class AutoPrunerGate(keras.layers.Layer):
         self.threshold = float(threshold)
         self.bias_init = float(bias_init)
         self.kernel_scale = float(kernel_scale)
-        self.unit_cost = float(unit_cost)
         self.min_units = int(min_units)
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}.")
+        self.speed = float(speed)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -120,13 +129,14 @@ class AutoPrunerGate(keras.layers.Layer):
             name="kernel",
             shape=(fan_in, self.units),
             initializer=keras.initializers.RandomNormal(
-                stddev=self.kernel_scale / math.sqrt(fan_in)
+                stddev=self.kernel_scale / math.sqrt(fan_in) / self.speed
             ),
         )
         self.bias = self.add_weight(
             name="bias",
             shape=(self.units,),
-            initializer=keras.initializers.Constant(self.bias_init),
+            initializer=keras.initializers.Constant(
+                self.bias_init / self.speed),
         )
 
         def state(name, shape, value, aggregation="only_first_replica"):
@@ -141,6 +151,8 @@ class AutoPrunerGate(keras.layers.Layer):
         start = 1.0 / (1.0 + math.exp(-self.alpha_init * self.bias_init))
         # Codes are written inside the replica step, so replicas average them.
         self.moving_code = state("moving_code", (self.units,), start, "mean")
+        self.moving_logit = state("moving_logit", (self.units,),
+                                  self.bias_init, "mean")
         self.code = state("code", (self.units,), start, "mean")
         self.alpha = state("alpha", (), self.alpha_init)
         self.hard = state("hard", (), 0.0)
@@ -149,38 +161,64 @@ class AutoPrunerGate(keras.layers.Layer):
         self.lam = state("lam", (), 0.0)
         self.mu = state("mu", (), 1.0)
         self.phase = state("phase", (), 0.0)
+        # Optimizer steps since gating, and the miss the lambda controller
+        # last compared against: saved so that a resumed run continues
+        # exactly.
+        self.step = state("step", (), 0.0)
+        self.ref_miss = state("ref_miss", (), -1.0)
+        # The share of a global budget allotted to this gate (-1: not yet).
+        self.alloc = state("alloc", (), -1.0)
 
     def _pool(self, x):
-        """Batch mean, then the spatial reduction, as a (1, fan_in) row."""
-        x = ops.mean(x, axis=0, keepdims=True)
+        """Mean over the batch and the spatial axes, as a (1, fan_in) row."""
         if not self._spatial:
-            return x
+            return ops.mean(x, axis=0, keepdims=True)
         if self.pooling == "avg":
-            return ops.mean(x, axis=tuple(range(1, len(self._spatial) + 1)))
+            # One reduction over batch and space: a single pass over x.
+            axes = tuple(range(len(self._spatial) + 1))
+            return ops.reshape(ops.mean(x, axis=axes), (1, -1))
+        x = ops.mean(x, axis=0, keepdims=True)
         size = tuple(2 if s >= 2 else 1 for s in self._spatial)
         x = ops.max_pool(x, pool_size=size, strides=size, padding="valid")
         return ops.reshape(x, (1, -1))
 
-    def compute_code(self, x):
-        """The soft code for a batch `x`, shape (channels,)."""
+    def compute_logits(self, x):
+        """The unscaled logits for a batch `x`, shape (channels,)."""
         # The gate reads the activation but does not train the network
         # through it: otherwise the pruning term would reshape features to
         # move codes instead of choosing channels.
         x = ops.stop_gradient(ops.cast(x, "float32"))
         logits = ops.matmul(self._pool(x), self.kernel) + self.bias
-        return ops.sigmoid(self.alpha * logits)[0]
+        return self.speed * logits[0]
+
+    def compute_code(self, x):
+        """The soft code for a batch `x`, shape (channels,)."""
+        return ops.sigmoid(self.alpha * self.compute_logits(x))
+
+    def _hard_mask(self):
+        return ops.cast(self.moving_code > self.threshold, "float32")
 
     def call(self, inputs, training=False):
+        # Once the run is done (phase 2) the choice is final: training goes
+        # on with the hard mask, so fine-tuning the gated model is
+        # fine-tuning the network strip builds.
+        done = ops.convert_to_tensor(self.phase) > 1.5
         if training:
-            code = self.compute_code(inputs)
+            logits = self.compute_logits(inputs)
+            soft = ops.sigmoid(self.alpha * logits)
+            code = ops.where(done, self._hard_mask(), soft)
+            m = self.momentum
             self.code.assign(code)
-            self.moving_code.assign(
-                self.momentum * self.moving_code + (1.0 - self.momentum) * code
-            )
+            self.moving_code.assign(ops.where(
+                done, self.moving_code, m * self.moving_code + (1 - m) * soft))
+            self.moving_logit.assign(ops.where(
+                done, self.moving_logit,
+                m * self.moving_logit + (1 - m) * logits))
             self.add_loss(self.coef * ops.square(ops.mean(code) - self.center))
         else:
-            hard = ops.cast(self.moving_code > self.threshold, "float32")
-            code = ops.where(self.hard > 0.5, hard, self.moving_code)
+            hard = ops.convert_to_tensor(self.hard) > 0.5
+            code = ops.where(ops.logical_or(hard, done), self._hard_mask(),
+                             self.moving_code)
         return inputs * ops.cast(code, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -195,6 +233,20 @@ class AutoPrunerGate(keras.layers.Layer):
         """Moving codes as NumPy floats: how much each channel is wanted."""
         return keras.ops.convert_to_numpy(self.moving_code)
 
+    def ranking(self):
+        """Moving logits as NumPy floats: the order in which channels are
+        kept. Unlike the codes they do not saturate at 0 or 1, so they still
+        separate channels once alpha has made the codes binary."""
+        return keras.ops.convert_to_numpy(self.moving_logit)
+
+    def set_mask(self, mask):
+        """Make `mask` (bool per channel) this gate's final choice: codes
+        become exactly 0/1, hard masks are on, and training keeps it."""
+        self.moving_code.assign(np.asarray(mask, "float32"))
+        self.code.assign(np.asarray(mask, "float32"))
+        self.hard.assign(1.0)
+        self.coef.assign(0.0)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -205,8 +257,8 @@ class AutoPrunerGate(keras.layers.Layer):
             threshold=self.threshold,
             bias_init=self.bias_init,
             kernel_scale=self.kernel_scale,
-            unit_cost=self.unit_cost,
             min_units=self.min_units,
+            speed=self.speed,
         )
         return config
 

@@ -165,8 +165,6 @@ def add_gates(
             "rest."
         )
 
-    flops = _flops_per_layer(flat)
-
     def after(layer, outputs):
         if id(layer) not in selected:
             return outputs
@@ -175,7 +173,6 @@ def add_gates(
         gate = AutoPrunerGate(
             target_rate=rate,
             pooling=pooling,
-            unit_cost=flops.get(pruned.name, 0) / max(units, 1) or 1.0,
             min_units=min(int(min_units), units),
             name=f"{pruned.name}_gate",
             **gate_kwargs,
@@ -271,9 +268,3 @@ def _check_names(selection, by_user_name, what, must_be_prunable=False):
                         "Prunable types: "
                         f"{sorted(c.__name__ for c in PRUNABLE)}."
                     )
-
-
-def _flops_per_layer(model):
-    from keras_autopruner import metrics
-
-    return dict(metrics.count_flops(model).per_layer)

@@ -371,34 +371,53 @@ def match_params(builder, target_params, widths=None, tolerance=1e-3,
                  max_steps=60, **build_kwargs):
     """The one width factor whose model has `target_params` parameters.
 
+    `match_cost` with `measure="params"`; see there.
+    """
+    return match_cost(builder, target_params, "params", widths=widths,
+                      tolerance=tolerance, max_steps=max_steps,
+                      **build_kwargs)
+
+
+def match_cost(builder, target, measure="params", widths=None,
+               tolerance=1e-3, max_steps=60, **build_kwargs):
+    """The one width factor whose model costs `target`.
+
     Every prunable layer is narrowed by the same factor (rounded, at least
-    1), and the factor is found by bisection on [0, 1]; the parameter count
-    grows with the factor, so bisection converges, but rounding makes it a
-    step function: the result is the closest count reached, not always an
-    exact match.
+    1), and the factor is found by bisection on [0, 1]; the cost grows with
+    the factor, so bisection converges, but rounding makes it a step
+    function: the result is the closest cost reached, not always an exact
+    match.
 
     Args:
         builder: a builder of this module.
-        target_params: parameter count to match.
+        target: the cost to match.
+        measure: `"params"` (`count_params`) or `"flops"` (`count_flops`,
+            multiply-accumulates).
         widths: the widths the factor scales (default: the builder's).
         tolerance: stop once the relative gap is below this.
         max_steps: most bisection steps.
         **build_kwargs: the builder's other arguments (input shape, ...).
 
     Returns:
-        `(factor, widths, params)` of the closest model found.
+        `(factor, widths, cost)` of the closest model found.
     """
-    from keras_autopruner.metrics import count_params
+    from keras_autopruner.metrics import count_flops, count_params
 
+    measures = {"params": count_params,
+                "flops": lambda m: count_flops(m).total}
+    if measure not in measures:
+        raise ValueError(
+            f"measure must be one of {sorted(measures)}, got {measure!r}.")
+    count = measures[measure]
     base = dict(widths or default_widths(builder))
     cache = {}
 
-    def params_at(factor):
+    def cost_at(factor):
         scaled = scale_widths(base, factor)
         key = tuple(scaled.values())
         if key not in cache:
             model = with_widths(builder, scaled)(**build_kwargs)
-            cache[key] = count_params(model)
+            cache[key] = count(model)
             del model
         return scaled, cache[key]
 
@@ -406,15 +425,15 @@ def match_params(builder, target_params, widths=None, tolerance=1e-3,
     best = None
     for _ in range(max_steps):
         mid = (lo + hi) / 2
-        scaled, params = params_at(mid)
-        gap = abs(params - target_params)
+        scaled, cost = cost_at(mid)
+        gap = abs(cost - target)
         if best is None or gap < best[3]:
-            best = (mid, scaled, params, gap)
-        if gap <= tolerance * target_params:
+            best = (mid, scaled, cost, gap)
+        if gap <= tolerance * target:
             break
-        if params < target_params:
+        if cost < target:
             lo = mid
         else:
             hi = mid
-    factor, scaled, params, _ = best
-    return factor, scaled, params
+    factor, scaled, cost, _ = best
+    return factor, scaled, cost

@@ -5,19 +5,25 @@ data and with the same optimizer:
 
 - `full`: the unpruned network, trained for `full_epochs`;
 - `autopruner`: the trained full network of the same seed, gated, pruned
-  with `AutoPrunerCallback(stop_when_done=True)` for at most `prune_epochs`,
-  stripped, then fine-tuned for `finetune_epochs`;
+  with `AutoPrunerCallback` for at most `prune_epochs` (as a step budget:
+  the run always ends with the exact choice, and the epoch in which it is
+  made is finished with the chosen network), stripped, then fine-tuned for
+  `finetune_epochs` at `finetune_learning_rate`;
 - `scratch`: the architecture AutoPruner selected (same per-layer widths),
   from a fresh random init;
 - `uniform`: every prunable layer narrowed by one factor, chosen by
-  bisection so that the parameter count matches AutoPruner's model;
+  bisection so that the MACs (global MAC budget) or else the parameter
+  count match AutoPruner's model;
 - `magnitude` (optional): unstructured magnitude pruning with
   tensorflow-model-optimization on the `tf_keras` twin of the full network,
   to the same number of non-zero parameters.
 
-Epoch budget: `scratch` and `uniform` train for as many epochs as went into
-AutoPruner's model in total (full training + pruning epochs actually used +
-fine-tuning), so that neither side gets more passes over the data.
+Epoch budget and learning-rate shape: `scratch` and `uniform` train for as
+many epochs as went into AutoPruner's model in total (full training +
+pruning epochs actually used + fine-tuning), so that neither side gets more
+passes over the data, and their last `finetune_epochs` run at
+`finetune_learning_rate`, as AutoPruner's fine-tuning does: no method wins
+by its schedule.
 `magnitude` starts from the trained full network, like AutoPruner, and
 prunes and fine-tunes for the same number of epochs as AutoPruner did.
 
@@ -51,7 +57,7 @@ METHOD_LABELS = {
     "full": "full model",
     "autopruner": "AutoPruner (pruned + fine-tuned)",
     "scratch": "AutoPruner's widths, from scratch",
-    "uniform": "uniform width, same params",
+    "uniform": "uniform width, matched cost",
     "magnitude": "magnitude pruning (tfmot, unstructured)",
 }
 
@@ -81,14 +87,14 @@ class StudyConfig:
         prune_epochs: most epochs of AutoPruner's pruning phase.
         finetune_epochs: epochs of fine-tuning after `strip`.
         batch_size: training batch size.
-        learning_rate: Adam's learning rate, the same in every stage.
+        learning_rate: Adam's learning rate for training and pruning.
+        finetune_learning_rate: Adam's learning rate for the last
+            `finetune_epochs` of every method.
         schedule: `"controller"` or `"step"` (AutoPrunerCallback schedule).
-        max_warmup: the controller's most warm-up epochs. The gated model
-            starts from the trained full model, whose training was the
-            warm-up; left at the controller's default (10), a full model
-            whose loss still creeps down spends the pruning budget on more
-            full training (measured: 9 of 12 epochs, leaving 3 to prune).
         objective: `"layer"` or `"global"` budget.
+        weighting: what the global budget counts: `"flops"` (the rate is
+            the share of MACs the stripped model keeps), `"params"` or
+            `"filters"`.
         latency_runs: timed batch-1 calls per model.
         jit_compile: passed to `compile`. Off by default: on CPU, XLA's
             compile time for these small networks (measured: 14 CPU-s for
@@ -104,17 +110,18 @@ class StudyConfig:
     image_size: int = 32
     train_examples: int = None
     test_examples: int = None
-    rates: tuple = (0.3, 0.5, 0.7)
+    rates: tuple = (0.5, 0.25, 0.12)
     seeds: tuple = (0, 1, 2)
     methods: tuple = ("full", "autopruner", "scratch", "uniform")
     full_epochs: int = 15
-    prune_epochs: int = 30
-    finetune_epochs: int = 10
-    batch_size: int = 128
+    prune_epochs: int = 8
+    finetune_epochs: int = 5
+    batch_size: int = 32
     learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
     schedule: str = "controller"
-    max_warmup: int = 2
-    objective: str = "layer"
+    objective: str = "global"
+    weighting: str = "flops"
     latency_runs: int = 200
     jit_compile: bool = False
 
@@ -130,20 +137,24 @@ class StudyConfig:
 
 
 PRESETS = {
-    # `make demo`: 3 rates x 1 seed on 3,000 images of the shipped
-    # Fashion-MNIST subset (all 2,000 test images), sized to finish inside
-    # 15 minutes on 2 CPU cores: 4,000 images with 15 pruning and 3
-    # fine-tuning epochs took 1,353 CPU-seconds, too close to the limit.
-    "demo": dict(rates=(0.3, 0.5, 0.7), seeds=(0,), train_examples=3000,
-                 full_epochs=5, prune_epochs=12, finetune_epochs=2,
-                 latency_runs=100),
-    # The same study at a quality worth quoting (about two hours on 2 cores).
-    "full": dict(rates=(0.3, 0.5, 0.7), seeds=(0, 1, 2), full_epochs=15,
-                 prune_epochs=30, finetune_epochs=10),
+    # `make demo`: keep 50%, 25% and 12% of the MACs, 2 seeds, on 3,000
+    # images of the shipped Fashion-MNIST subset (all 2,000 test images),
+    # batch 32 (94 optimizer steps an epoch), sized to finish inside 15
+    # minutes on 2 CPU cores. Pruning plus fine-tuning (at most 5 + 2
+    # epochs) never exceed the full model's 7.
+    # AutoPruner's widths from scratch are left to `bench/pruning_pays.py`,
+    # which reuses these runs and adds them.
+    "demo": dict(rates=(0.5, 0.25, 0.12), seeds=(0, 1), train_examples=3000,
+                 full_epochs=7, prune_epochs=5, finetune_epochs=2,
+                 methods=("full", "autopruner", "uniform"),
+                 latency_runs=50),
+    # The same study at a quality worth quoting (3 seeds, 10,000 images).
+    "full": dict(rates=(0.5, 0.25, 0.12), seeds=(0, 1, 2), full_epochs=15,
+                 prune_epochs=8, finetune_epochs=5),
     # Seconds: for tests of the plumbing, not for numbers.
     "tiny": dict(rates=(0.5,), seeds=(0,), train_examples=512,
                  test_examples=256, batch_size=32, full_epochs=1,
-                 prune_epochs=14, finetune_epochs=1, latency_runs=5,
+                 prune_epochs=4, finetune_epochs=1, latency_runs=5,
                  widths={"block1_conv1": 4, "block1_conv2": 4,
                          "block2_conv1": 8, "block2_conv2": 8, "fc1": 16}),
 }
@@ -422,11 +433,21 @@ class Study:
             loss="sparse_categorical_crossentropy", metrics=["accuracy"],
             jit_compile=self.config.jit_compile)
 
-    def _fit(self, model, epochs, seed, prefix, callbacks=(), lines=False):
+    def _fit(self, model, epochs, seed, prefix, callbacks=(), lines=False,
+             low_from=None):
+        """Fit for `epochs`; from epoch `low_from` on at the fine-tuning
+        learning rate (None: never)."""
+        import keras
+
         if epochs <= 0:
             return {}
         args, kwargs = self.data.fit_args(seed, self.config.batch_size)
         callbacks = list(callbacks)
+        if low_from is not None:
+            c = self.config
+            callbacks.append(keras.callbacks.LearningRateScheduler(
+                lambda epoch: (c.finetune_learning_rate if epoch >= low_from
+                               else c.learning_rate)))
         keras_verbose = 2 if self.verbose >= 3 else 0
         if self.verbose >= 2 or (lines and self.verbose >= 1):
             callbacks.append(_EpochLine(prefix, epochs))
@@ -451,13 +472,19 @@ class Study:
             "widths": {k: widths[k] for k in self.default_widths},
         }
 
-    def _train_new(self, widths, epochs, seed, prefix):
+    def _train_new(self, widths, epochs, seed, prefix, low_epochs=0):
+        """A fresh model at `widths`, trained `epochs`, the last
+        `low_epochs` of them at the fine-tuning learning rate."""
         from keras_autopruner import models
 
         model = models.with_widths(self.builder, widths)(**self.build_kwargs())
         self._compile(model)
-        _log(f"{prefix}: training {epochs} epochs...")
-        history = self._fit(model, epochs, seed, prefix)
+        _log(f"{prefix}: training {epochs} epochs"
+             + (f" ({low_epochs} at the fine-tuning rate)..." if low_epochs
+                else "..."))
+        history = self._fit(model, epochs, seed, prefix,
+                            low_from=epochs - low_epochs if low_epochs
+                            else None)
         return model, history
 
     def _finish(self, model, key, history, **extra):
@@ -490,52 +517,58 @@ class Study:
 
     def _run_autopruner(self, rate, seed, prefix):
         import keras_autopruner as kap
+        from keras_autopruner.metrics import count_flops
 
         c = self.config
         full = self._full_model(seed)
         gated = kap.add_gates(full, target_rate=rate)
         self._compile(gated)
-        schedule = c.schedule
-        if schedule == "controller":
-            schedule = kap.LambdaController(
-                warmup=min(1, c.max_warmup), max_warmup=c.max_warmup)
+        steps = _steps_per_epoch(self)
         callback = kap.AutoPrunerCallback(
-            schedule=schedule, objective=c.objective, stop_when_done=True)
-        _log(f"{prefix}: pruning (at most {c.prune_epochs} epochs)...")
-        prune_history = self._fit(gated, c.prune_epochs, seed, prefix,
-                                  callbacks=[callback], lines=True)
+            schedule=c.schedule,
+            objective=kap.PruningObjective(c.objective, weighting=c.weighting),
+            prune_steps=c.prune_epochs * steps)
+        _log(f"{prefix}: pruning (at most {c.prune_epochs} epochs, "
+             f"{c.prune_epochs * steps} steps)...")
+        # The epoch in which the choice is made counts whole, so its last
+        # steps train the chosen network at the training rate (the gates
+        # hold the exact masks) instead of being thrown away.
+        prune_history = self._fit(
+            gated, c.prune_epochs, seed, prefix, lines=True,
+            callbacks=[callback, _stop_at_epoch_end(callback)])
         prune_epochs = len(next(iter(prune_history.values()), []))
+        done = callback.result
         kept = kap.kept_fraction(gated)
-        # What the gated network scores with hard 0/1 masks: strip without
-        # force must reproduce it exactly.
-        kap.set_hard_masks(gated, True)
+        # After the exact choice the gated model computes what strip
+        # builds; its accuracy is the stripped model's (checked below).
         _, hard_acc = self._evaluate(gated)
-        kap.set_hard_masks(gated, False)
-        notes = []
-        try:
-            compact = kap.strip(gated)
-        except ValueError as err:
-            if "soft codes" not in str(err):
-                raise
-            # The cap ran out before the codes turned binary: strip anyway,
-            # folding the soft codes into the weights, and say so.
-            compact = kap.strip(gated, force=True)
-            notes.append(f"not converged in {c.prune_epochs} epochs; "
-                         "stripped with force=True")
-        notes += list(compact.pruning_report.notes)
+        compact = kap.strip(gated)
+        notes = list(compact.pruning_report.notes)
+        if done["reason"] != "done":
+            notes.append(f"pruning ended by {done['reason']} after "
+                         f"{done['steps']} steps with "
+                         f"{done['binary']:.1%} binary codes")
         self._compile(compact)
         _, stripped_acc = self._evaluate(compact)
-        _log(f"{prefix}: stripped (kept {kept['overall']:.2f} of filters, "
-             f"accuracy before fine-tuning {stripped_acc:.4f}); "
-             f"fine-tuning {c.finetune_epochs} epochs...")
-        ft_history = self._fit(compact, c.finetune_epochs, seed, prefix)
+        mac_share = count_flops(compact).total / count_flops(full).total
+        _log(f"{prefix}: {done['reason']} after {done['steps']} steps; "
+             f"stripped to {mac_share:.3f} of the MACs (kept "
+             f"{kept['overall']:.2f} of filters), accuracy before "
+             f"fine-tuning {stripped_acc:.4f}; fine-tuning "
+             f"{c.finetune_epochs} epochs...")
+        self._compile(compact)
+        ft_history = self._fit(compact, c.finetune_epochs, seed, prefix,
+                               low_from=0)
         key = run_key("autopruner", rate, seed)
         result = self._finish(
             compact, key, {"prune": prune_history, "finetune": ft_history},
             epochs=c.full_epochs + prune_epochs + c.finetune_epochs,
             own_epochs=prune_epochs + c.finetune_epochs,
-            prune_epochs=prune_epochs, converged=bool(callback.done),
-            kept_overall=kept["overall"],
+            prune_epochs=prune_epochs, prune_steps=int(done["steps"]),
+            converged=done["reason"] == "done",
+            kept_overall=kept["overall"], mac_share=mac_share,
+            at_min_units=done["at_min_units"],
+            changed_by_choice=done["changed_by_choice"],
             full_widths={k: self.default_widths[k]
                          for k in self.default_widths},
             accuracy_gated_hard=hard_acc, accuracy_stripped=stripped_acc,
@@ -582,7 +615,7 @@ class Study:
     def _run_scratch(self, rate, seed, prefix):
         ap = self._autopruner_run(rate, seed)
         model, history = self._train_new(ap["widths"], ap["epochs"], seed,
-                                         prefix)
+                                         prefix, self.config.finetune_epochs)
         return self._finish(model, run_key("scratch", rate, seed), history,
                             epochs=ap["epochs"], own_epochs=ap["epochs"])
 
@@ -590,15 +623,24 @@ class Study:
         from keras_autopruner import models
 
         ap = self._autopruner_run(rate, seed)
-        factor, widths, params = models.match_params(
-            self.builder, ap["params"], widths=self.default_widths,
+        measure = self.uniform_measure
+        factor, widths, cost = models.match_cost(
+            self.builder, ap[measure], measure, widths=self.default_widths,
             **self.build_kwargs())
-        _log(f"{prefix}: width factor {factor:.3f} gives {params:,} params "
-             f"(AutoPruner: {ap['params']:,})")
-        model, history = self._train_new(widths, ap["epochs"], seed, prefix)
+        _log(f"{prefix}: width factor {factor:.3f} gives {cost:,} {measure} "
+             f"(AutoPruner: {ap[measure]:,})")
+        model, history = self._train_new(widths, ap["epochs"], seed, prefix,
+                                         self.config.finetune_epochs)
         return self._finish(model, run_key("uniform", rate, seed), history,
                             epochs=ap["epochs"], own_epochs=ap["epochs"],
                             factor=factor)
+
+    @property
+    def uniform_measure(self):
+        """What the uniform baseline matches: MACs under a MAC budget."""
+        c = self.config
+        return ("flops" if c.objective == "global" and c.weighting == "flops"
+                else "params")
 
     def _run_magnitude(self, rate, seed, prefix):
         return run_magnitude_baseline(self, rate, seed, prefix)
@@ -692,6 +734,19 @@ def _epoch_line_class():
 
 def _EpochLine(prefix, epochs):
     return _epoch_line_class()(prefix, epochs)
+
+
+def _stop_at_epoch_end(pruner):
+    """A callback that ends `fit` at the end of the epoch in which `pruner`
+    (an AutoPrunerCallback) made its final choice."""
+    import keras
+
+    class StopAtEpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if pruner.done:
+                self.model.stop_training = True
+
+    return StopAtEpochEnd()
 
 
 # -- the magnitude-pruning baseline ----------------------------------------
@@ -854,7 +909,11 @@ def runs_frame(runs):
             "latency_ms": r.get("latency_ms"), "epochs": r["epochs"],
             "own_epochs": r["own_epochs"], "train_s": r.get("train_s"),
             "prune_epochs": r.get("prune_epochs"),
+            "prune_steps": r.get("prune_steps"),
             "converged": r.get("converged"),
+            "mac_share": r.get("mac_share"),
+            "at_min_units": " ".join(r.get("at_min_units") or []),
+            "changed_by_choice": r.get("changed_by_choice"),
             "accuracy_gated_hard": r.get("accuracy_gated_hard"),
             "accuracy_stripped": r.get("accuracy_stripped"),
             "factor": r.get("factor"),
@@ -882,6 +941,7 @@ def results_frame(runs_df):
             "params": g["params"].mean(), "flops": g["flops"].mean(),
             "latency_ms": g["latency_ms"].median(),
             "epochs": g["epochs"].mean(),
+            "own_epochs": g["own_epochs"].mean(),
             "train_s": g["train_s"].sum(),
             "converged": (None if method != "autopruner"
                           else int(g["converged"].astype(bool).sum())),
@@ -929,7 +989,9 @@ def findings(table):
                     f"of its parameters and "
                     f"{100 * ap['flops'] / f['flops']:.0f}% of its MACs; "
                     f"pruning converged in {int(ap['converged'])} of "
-                    f"{int(ap['seeds'])} seeds.")
+                    f"{int(ap['seeds'])} seeds; pruning + fine-tuning took "
+                    f"{ap['own_epochs']:g} epochs on average, the full "
+                    f"model's training {f['epochs']:g}.")
             if gap > 0 and f["epochs"] < ap["epochs"]:
                 # Not a sign that pruning helps: the others trained longer.
                 line += (f" The full model trained {f['epochs']:g} epochs, "
@@ -988,12 +1050,14 @@ def write_report(runs, config, out, data_name=""):
         f"{', '.join(f'{r:g}' for r in config.rates)}; seeds "
         f"{', '.join(str(s) for s in config.seeds)}. Full model "
         f"{config.full_epochs} epochs; AutoPruner prunes for at most "
-        f"{config.prune_epochs} epochs (schedule `{config.schedule}`"
-        + (f", warm-up at most {config.max_warmup}"
-           if config.schedule == "controller" else "")
-        + f", objective `{config.objective}`), then fine-tunes "
-        f"{config.finetune_epochs}; the baselines train for AutoPruner's "
-        "total epochs. Accuracy on the test split; MACs per example; "
+        f"{config.prune_epochs} epochs (schedule `{config.schedule}`, "
+        f"objective `{config.objective}`"
+        + (f" by {config.weighting}" if config.objective == "global" else "")
+        + f"), then fine-tunes {config.finetune_epochs} at learning rate "
+        f"{config.finetune_learning_rate:g}; the baselines train for "
+        "AutoPruner's total epochs, the last "
+        f"{config.finetune_epochs} at that rate too. Accuracy on the test "
+        "split; MACs per example; "
         "latency is the median batch-1 CPU call, all models timed side by "
         "side.",
         "",
@@ -1010,7 +1074,8 @@ def write_report(runs, config, out, data_name=""):
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot_accuracy_vs_flops(table, os.path.join(out, "accuracy_vs_flops.png"))
-    plot_kept_profile(runs, os.path.join(out, "kept_profile.png"))
+    plot_kept_profile(runs, os.path.join(out, "kept_profile.png"),
+                      target_lines=config.objective == "layer")
     return table
 
 
@@ -1055,8 +1120,12 @@ def plot_accuracy_vs_flops(table, path):
     plt.close(fig)
 
 
-def plot_kept_profile(runs, path):
-    """Per-layer kept fraction of AutoPruner's models, a bar group per rate."""
+def plot_kept_profile(runs, path, target_lines=True):
+    """Per-layer kept fraction of AutoPruner's models, a bar group per rate.
+
+    `target_lines` draws each rate as a dotted line: the per-layer budget's
+    target for every layer (a MAC budget's rate is not a per-layer one).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1078,8 +1147,9 @@ def plot_kept_profile(runs, path):
                         for r in mine], axis=0)
         xs = np.arange(len(layers)) + (i - (len(rates) - 1) / 2) * width
         bars = ax.bar(xs, kept, width, label=f"target {rate:g}")
-        ax.hlines(rate, xs[0] - width, xs[-1] + width, colors=bars[0]
-                  .get_facecolor(), linestyles=":", lw=1)
+        if target_lines:
+            ax.hlines(rate, xs[0] - width, xs[-1] + width, colors=bars[0]
+                      .get_facecolor(), linestyles=":", lw=1)
         counts = np.mean([[r["widths"][n] for n in layers] for r in mine],
                          axis=0)
         for x, k, n in zip(xs, kept, counts):
@@ -1139,10 +1209,13 @@ def parse_args(argv=None):
     p.add_argument("--finetune_epochs", type=int)
     p.add_argument("--batch_size", type=int)
     p.add_argument("--learning_rate", type=float)
+    p.add_argument("--finetune_learning_rate", type=float,
+                   help="learning rate of every method's last "
+                        "finetune_epochs")
     p.add_argument("--schedule", choices=["controller", "step"])
-    p.add_argument("--max_warmup", type=int,
-                   help="the controller's most warm-up epochs")
     p.add_argument("--objective", choices=["layer", "global"])
+    p.add_argument("--weighting", choices=["flops", "params", "filters"],
+                   help="what the global budget counts (default flops)")
     p.add_argument("--latency_runs", type=int)
     p.add_argument("--verbose", type=int, default=1,
                    help="0 stages, 1 + pruning epochs, 2 + all epochs, "

@@ -8,9 +8,11 @@ import tensorflow as tf
 import keras_autopruner as kap
 from keras_autopruner.datasets import load_tabular
 from keras_autopruner.gate import gates_of
+from keras_autopruner.metrics import count_flops
 
 L = keras.layers
-LOG_KEYS = {"kept", "pruning_loss", "lambda", "mu", "alpha", "binary"}
+LOG_KEYS = {"kept", "pruning_loss", "lambda", "mu", "alpha", "binary",
+            "prune_step"}
 
 
 @pytest.fixture(scope="module")
@@ -40,68 +42,141 @@ def test_callback_reaches_the_target_on_a_real_task(letters):
     x, y, xt, yt = letters
     gated = compiled(kap.add_gates(fc_net(), target_rate=0.5))
     cb = kap.AutoPrunerCallback(stop_when_done=True, per_gate_logs=True)
-    history = gated.fit(x, y, batch_size=256, epochs=60, verbose=0,
+    history = gated.fit(x, y, batch_size=256, epochs=30, verbose=0,
                         validation_data=(xt, yt), callbacks=[cb])
-    kept = kap.kept_fraction(gated)
-    assert cb.done, history.history["kept"]
-    assert abs(kept["overall"] - 0.5) <= 0.02
-    assert history.history["binary"][-1] >= 0.99
-    assert len(history.history["loss"]) < 60  # stopped when done
+    assert cb.done and cb.result["reason"] == "done", history.history["kept"]
+    # The exact choice: round(0.5 * 64) units in each layer.
+    assert cb.result["kept"] == {"h1_gate": 32, "h2_gate": 32}
+    assert kap.kept_fraction(gated)["overall"] == 0.5
+    assert len(history.history["loss"]) < 30  # stopped when done
     assert LOG_KEYS <= set(history.history)
     assert {"kept_h1_gate", "kept_h2_gate"} <= set(history.history)
-    assert history.history["kept"][-1] == pytest.approx(kept["overall"])
-    # Pruning started after the loss settled, not at epoch 0.
-    assert history.history["lambda"][0] == 0.0
+    # A trained (or not) model is pushed from the first epoch by default.
+    assert history.history["lambda"][0] > 0
+    assert history.history["prune_step"][0] == 31  # 32 steps, the first sets mu
     # Validation ran with hard masks: it matches a hard-mask evaluation.
-    kap.set_hard_masks(gated, True)
     _, acc = gated.evaluate(xt, yt, verbose=0)
     assert acc == pytest.approx(history.history["val_accuracy"][-1], abs=1e-6)
     assert acc > 0.5  # 26 classes: chance is 0.04
+    # Done means the gated model already computes what strip builds.
+    compact = kap.strip(gated)
+    np.testing.assert_allclose(compact.predict(xt[:64], verbose=0),
+                               gated.predict(xt[:64], verbose=0), atol=1e-5)
 
 
-def test_step_schedule_starts_pushing_at_once(letters):
+def test_trained_model_default_pushes_in_the_first_epoch(letters):
+    x, y, _, _ = letters
+    model = compiled(fc_net())
+    model.fit(x, y, batch_size=256, epochs=2, verbose=0)
+    gated = compiled(kap.add_gates(model, target_rate=0.5))
+    cb = kap.AutoPrunerCallback()
+    gated.fit(x[:2560], y[:2560], batch_size=256, epochs=1, verbose=0,
+              callbacks=[cb], )
+    # Ten steps: one to measure mu, nine pushed; the run was not done, so
+    # fit's end made the exact choice.
+    assert cb.result["steps"] == 9
+    assert cb.result["kept"] == {"h1_gate": 32, "h2_gate": 32}
+    mu = float(gates_of(gated)[0].mu.numpy())
+    assert mu != 1.0
+
+
+def prune_for_steps(x, y, epochs, **cb_kwargs):
+    gated = compiled(kap.add_gates(fc_net(seed=3), target_rate=0.4))
+    cb = kap.AutoPrunerCallback(control_every=4, **cb_kwargs)
+    history = gated.fit(x, y, batch_size=64, epochs=epochs, shuffle=False,
+                        verbose=0, callbacks=[cb])
+    return gated, cb, history
+
+
+def test_same_steps_same_masks_whatever_the_epoch_length(letters):
+    x, y, _, _ = letters
+    x, y = x[:640], y[:640]  # 10 steps an epoch
+    short, cb_short, _ = prune_for_steps(x, y, 12, finish_on_train_end=False)
+    # The same batches in the same order, 30 steps an epoch.
+    x3, y3 = np.concatenate([x] * 3), np.concatenate([y] * 3)
+    long, cb_long, _ = prune_for_steps(x3, y3, 4, finish_on_train_end=False)
+    assert cb_short._steps == cb_long._steps > 40
+    assert cb_short.result == cb_long.result
+    assert cb_short.state.lam == cb_long.state.lam
+    assert cb_short.state.alpha == cb_long.state.alpha
+    for a, b in zip(gates_of(short), gates_of(long)):
+        np.testing.assert_array_equal(a.mask(), b.mask())
+        np.testing.assert_allclose(a.scores(), b.scores(), atol=1e-5)
+
+
+def test_global_budget_by_flops_is_met_by_the_stripped_model(letters):
+    x, y, _, _ = letters
+    model = fc_net()
+    gated = compiled(kap.add_gates(model, target_rate=0.4))
+    cb = kap.AutoPrunerCallback(objective=kap.PruningObjective(
+        "global", weighting="flops"), stop_when_done=True)
+    gated.fit(x, y, batch_size=256, epochs=30, verbose=0, callbacks=[cb])
+    assert cb.done
+    compact = kap.strip(gated)
+    share = count_flops(compact).total / count_flops(model).total
+    assert 0.4 * 0.98 <= share <= 0.4
+    assert cb.result["cost_share"] == pytest.approx(share)
+
+
+def test_run_stopped_early_still_gets_an_exact_choice(letters):
+    x, y, _, _ = letters
+    gated = compiled(kap.add_gates(fc_net(), target_rate=0.1, min_units=3))
+    cb = kap.AutoPrunerCallback(prune_steps=5)
+    with pytest.warns(UserWarning, match="soft codes"):
+        gated.fit(x[:2048], y[:2048], batch_size=256, epochs=2, verbose=0,
+                  callbacks=[cb])
+    assert cb.done and cb.result["reason"] == "budget of steps spent"
+    assert cb.result["steps"] == 5
+    assert cb.result["kept"] == {"h1_gate": 6, "h2_gate": 6}  # round(6.4)
+    compact = kap.strip(gated)  # no force needed, nothing collapsed
+    assert [l.units for l in compact.layers[1:]] == [6, 6, 26]
+
+
+def test_step_schedule_counts_steps(letters):
     x, y, _, _ = letters
     gated = compiled(kap.add_gates(fc_net(), target_rate=0.5))
-    cb = kap.AutoPrunerCallback(schedule=kap.StepLambda(every=2))
-    history = gated.fit(x, y, batch_size=512, epochs=4, verbose=0, callbacks=[cb])
+    cb = kap.AutoPrunerCallback(schedule=kap.StepLambda(every=20),
+                                control_every=1, finish_on_train_end=False)
+    history = gated.fit(x[:4096], y[:4096], batch_size=512, epochs=4,
+                        verbose=0, callbacks=[cb])
+    # 8 steps an epoch; pushing starts after step 1.
     assert history.history["lambda"] == [1.0, 1.0, 10.0, 10.0]
 
 
-def test_global_budget_by_flops(letters):
+def test_save_load_resume_is_exact(letters, tmp_path):
     x, y, _, _ = letters
-    gated = compiled(kap.add_gates(fc_net(), target_rate=0.5))
-    cb = kap.AutoPrunerCallback(objective=kap.PruningObjective(
-        "global", weighting="flops"), stop_when_done=True)
-    gated.fit(x, y, batch_size=256, epochs=60, verbose=0, callbacks=[cb])
-    assert cb.done
-    gates = gates_of(gated)
-    shares = cb.objective.shares(gates)
-    kept = sum(s * g.mask().mean() for s, g in zip(shares, gates))
-    assert abs(kept - 0.5) <= 0.02
+    x, y = x[:1280], y[:1280]  # 20 steps an epoch
 
+    def fresh():
+        return kap.AutoPrunerCallback(control_every=3,
+                                      finish_on_train_end=False)
 
-def test_save_load_resume(letters, tmp_path):
-    x, y, _, _ = letters
-    gated = compiled(kap.add_gates(fc_net(), target_rate=0.5))
-    cb = kap.AutoPrunerCallback(schedule=kap.LambdaController(max_warmup=1))
-    gated.fit(x, y, batch_size=256, epochs=3, verbose=0, callbacks=[cb])
-    assert cb.state.phase == 1 and cb.state.lam > 0
+    def fit(model, epochs):
+        cb = fresh()
+        h = model.fit(x, y, batch_size=64, epochs=epochs, shuffle=False,
+                      verbose=0, callbacks=[cb])
+        return cb, h.history
+
+    straight = compiled(kap.add_gates(fc_net(seed=5), target_rate=0.3))
+    _, whole = fit(straight, 4)
+
+    first = compiled(kap.add_gates(fc_net(seed=5), target_rate=0.3))
+    _, before = fit(first, 2)
     path = tmp_path / "gated.keras"
-    gated.save(path)
+    first.save(path)
     loaded = keras.models.load_model(path)
-    for a, b in zip(gates_of(gated), gates_of(loaded)):
-        for var in ("alpha", "lam", "mu", "phase", "moving_code", "code", "coef"):
+    for a, b in zip(gates_of(first), gates_of(loaded)):
+        for var in ("alpha", "lam", "mu", "phase", "step", "ref_miss",
+                    "moving_code", "moving_logit", "code", "coef", "center"):
             np.testing.assert_array_equal(getattr(a, var).numpy(),
                                           getattr(b, var).numpy())
-    np.testing.assert_allclose(loaded.predict(x[:64], verbose=0),
-                               gated.predict(x[:64], verbose=0), atol=1e-6)
-    # A fresh callback resumes from the gates' state, not from scratch.
-    cb2 = kap.AutoPrunerCallback(schedule=kap.LambdaController(max_warmup=1))
-    history = loaded.fit(x, y, batch_size=256, epochs=1, verbose=0,
-                         callbacks=[cb2])
-    assert history.history["lambda"][0] == pytest.approx(cb.state.lam)
-    assert history.history["mu"][0] != 1.0
-    assert cb2.state.phase >= 1
+    # A fresh callback, no initial_epoch: it continues from the gates.
+    _, after = fit(loaded, 2)
+    for key in ("lambda", "alpha", "kept", "prune_step"):
+        np.testing.assert_allclose(before[key] + after[key], whole[key],
+                                   rtol=1e-5, err_msg=key)
+    for a, b in zip(gates_of(straight), gates_of(loaded)):
+        np.testing.assert_array_equal(a.mask(), b.mask())
 
 
 def test_nested_gated_model(letters):
@@ -143,7 +218,8 @@ def test_no_gates_is_an_error(letters):
 def test_callback_config_round_trip():
     cb = kap.AutoPrunerCallback(schedule=kap.StepLambda(every=5),
                                 objective="global", tolerance=0.05,
-                                stop_when_done=True)
+                                control_every=7, warmup_steps=3,
+                                prune_steps=100, stop_when_done=True)
     clone = kap.AutoPrunerCallback.from_config(cb.get_config())
     assert clone.get_config() == cb.get_config()
     assert isinstance(clone.schedule, kap.StepLambda)
@@ -156,3 +232,9 @@ def test_callback_bad_args():
         kap.AutoPrunerCallback(objective=3)
     with pytest.raises(ValueError, match="tolerance"):
         kap.AutoPrunerCallback(tolerance=0)
+    with pytest.raises(ValueError, match="control_every"):
+        kap.AutoPrunerCallback(control_every=0)
+    with pytest.raises(ValueError, match="prune_steps"):
+        kap.AutoPrunerCallback(prune_steps=2.5)
+    with pytest.raises(TypeError, match="AlphaSchedule"):
+        kap.AutoPrunerCallback(alpha=kap.StepLambda())

@@ -14,6 +14,8 @@ def sigmoid(x):
 
 
 def make_gate(shape, **kwargs):
+    # speed=1: the formulas below use the stored weights as the logits.
+    kwargs.setdefault("speed", 1.0)
     gate = AutoPrunerGate(**kwargs)
     gate.build((None,) + shape)
     return gate
@@ -146,7 +148,7 @@ def test_bad_pooling():
 
 def test_config_round_trip():
     gate = AutoPrunerGate(target_rate=0.3, pooling="max", alpha=2.0,
-                          momentum=0.5, unit_cost=7.0, min_units=2, name="gg")
+                          momentum=0.5, speed=3.0, min_units=2, name="gg")
     clone = AutoPrunerGate.from_config(gate.get_config())
     assert clone.get_config() == gate.get_config()
 
@@ -158,3 +160,41 @@ def test_rank3_dense_input():
     code = gate.scores()
     np.testing.assert_allclose(y, x * code, rtol=1e-5)
     assert math.isclose(float(gate.kernel.shape[0]), 3)
+
+
+def test_speed_scales_the_logits_not_the_starting_codes():
+    slow = make_gate((3,), speed=1.0, bias_init=2.0)
+    fast = make_gate((3,), speed=10.0, bias_init=2.0)
+    np.testing.assert_allclose(fast.scores(), slow.scores(), rtol=1e-6)
+    np.testing.assert_allclose(fast.bias.numpy(), slow.bias.numpy() / 10.0,
+                               rtol=1e-6)
+    for gate in (slow, fast):
+        gate.kernel.assign(np.eye(3, dtype="float32"))
+        gate.bias.assign(np.zeros(3, "float32"))
+    x = np.array([[0.1, -0.2, 0.3]], "float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fast.compute_logits(x)),
+        10.0 * keras.ops.convert_to_numpy(slow.compute_logits(x)), rtol=1e-6)
+
+
+def test_done_gate_applies_its_mask_in_training_and_freezes_it():
+    gate = make_gate((4,), momentum=0.5)
+    gate.set_mask(np.array([True, False, True, False]))
+    gate.phase.assign(2.0)
+    x = np.random.RandomState(0).rand(3, 4).astype("float32") + 1.0
+    y = keras.ops.convert_to_numpy(gate(x, training=True))
+    np.testing.assert_allclose(y, x * np.array([1.0, 0.0, 1.0, 0.0]))
+    # The moving code and ranking no longer move.
+    np.testing.assert_array_equal(gate.scores(), [1.0, 0.0, 1.0, 0.0])
+    gate.hard.assign(0.0)
+    y = keras.ops.convert_to_numpy(gate(x, training=False))
+    np.testing.assert_allclose(y, x * np.array([1.0, 0.0, 1.0, 0.0]))
+
+
+def test_moving_logit_keeps_ranking_after_codes_saturate():
+    gate = make_gate((3,), momentum=0.0, alpha=1000.0)
+    gate.kernel.assign(np.zeros((3, 3), "float32"))
+    gate.bias.assign(np.array([0.5, 0.2, -0.3], "float32"))
+    gate(np.ones((2, 3), "float32"), training=True)
+    np.testing.assert_array_equal(gate.scores(), [1.0, 1.0, 0.0])
+    assert list(np.argsort(-gate.ranking())) == [0, 1, 2]

@@ -1,0 +1,326 @@
+"""What a choice of kept channels costs, and the exact choice for a budget.
+
+`CostModel` predicts the multiply-accumulates, parameters or filter count
+of the model that `strip` would build from a gated model, for any per-gate
+keep values: 0/1 masks (then the prediction is what `count_flops` /
+`count_params` report on the stripped model) or soft codes (a smooth
+surrogate that the global budget's pruning term follows during training).
+
+It rests on the channel graph (`graph.ChannelGraph`): every layer's cost
+is split into a part that scales with the share of its input channels
+kept, a part that scales with the share of its output channels kept, a
+part that scales with both (a kernel) and a fixed part. A channel group is
+kept when any of its channels is kept (branches joined by `Add` keep the
+union, as `strip` does) or when it holds a channel no gate controls.
+
+`exact_choice` turns gate scores into masks that meet a budget exactly:
+per layer `round(rate * units)` channels, or a global cost within a
+tolerance of `rate * full cost`, never fewer than `min_units` in a layer.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_autopruner.gate import AutoPrunerGate
+from keras_autopruner.graph import ChannelGraph
+
+WEIGHTINGS = ("filters", "flops", "params")
+
+
+class CostModel:
+    """The stripped model's cost as a function of what each gate keeps.
+
+    Args:
+        gated: a flat gated model (as returned by `add_gates`).
+        weighting: `"flops"` (multiply-accumulates, as `count_flops`),
+            `"params"` (stored weights, as `count_params`) or `"filters"`
+            (gated channels, each counting 1).
+
+    Attributes:
+        gates: the gates, in graph order.
+        full: the cost with every channel kept (the model without gates).
+
+    Example:
+
+    >>> cost = CostModel(gated, "flops")
+    >>> masks = [g.mask() for g in cost.gates]
+    >>> share = cost.share(masks)   # stripped MACs / full MACs
+    """
+
+    def __init__(self, gated, weighting="flops"):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+        self.weighting = weighting
+        graph = ChannelGraph(gated)
+        self.gates = graph.gate_layers()
+        if not self.gates:
+            raise ValueError(
+                f"CostModel: model {gated.name!r} has no AutoPrunerGate.")
+        n_atoms = len(graph._parent)
+        self._root = graph.groups(np.arange(n_atoms))
+        # Which gate channel each atom is, if any.
+        self._gate_atoms = [graph.gate_channels(g.name) for g in self.gates]
+        covered = np.zeros(n_atoms, bool)
+        for atoms in self._gate_atoms:
+            covered[atoms] = True
+        self._free = ~covered  # channels no gate controls are always kept
+        # So are the groups strip needs even when every gate drops every
+        # channel: those read after a layer that turns a zero channel into
+        # a non-zero one (a biased depthwise convolution, a batch norm
+        # behind the gate).
+        zeros = {g.name: np.zeros(g.units) for g in self.gates}
+        try:
+            always = graph.needed(zeros)
+        except ValueError:
+            always = np.zeros(n_atoms, bool)  # strip itself would refuse
+        self._free |= always[self._root]
+
+        rows = []  # (in atoms or None, out atoms or None, io, i, o, const)
+        if weighting == "filters":
+            for atoms in self._gate_atoms:
+                rows.append((None, atoms, 0.0, 0.0, float(len(atoms)), 0.0))
+        else:
+            per_layer = _flop_counts(gated) if weighting == "flops" else None
+            seen = set()
+            for op in graph.ops:
+                layer = op.layer
+                if isinstance(layer, AutoPrunerGate) or id(layer) in seen:
+                    continue
+                seen.add(id(layer))
+                node = op.node
+                a_in = (graph.channels.get(id(node.input_tensors[0]))
+                        if node.input_tensors else None)
+                a_out = graph.channels.get(id(node.outputs[0]))
+                a_in = a_in if a_in is not None and len(a_in) else None
+                a_out = a_out if a_out is not None and len(a_out) else None
+                if weighting == "flops":
+                    parts = _flop_parts(op, per_layer.get(layer.name, 0))
+                else:
+                    parts = _param_parts(op)
+                if any(parts):
+                    rows.append((a_in, a_out) + _place(parts, a_in, a_out))
+        self._rows = rows
+        self._index_in = _Means([r[0] for r in rows], n_atoms)
+        self._index_out = _Means([r[1] for r in rows], n_atoms)
+        coef = np.array([r[2:] for r in rows], dtype=np.float64)
+        self._io, self._i, self._o, self._c = coef.T if len(rows) else (
+            np.zeros(0),) * 4
+        self.full = self.cost([np.ones(g.units) for g in self.gates])
+
+    def keep_of_atoms(self, values):
+        """Per-atom keep value for per-gate keep values (lists of arrays).
+
+        A group keeps the largest value of its channels; channels no gate
+        controls count as 1.
+        """
+        keep = self._free.astype(np.float64)
+        for atoms, v in zip(self._gate_atoms, values):
+            keep[atoms] = np.asarray(v, dtype=np.float64)
+        keep[self._free] = 1.0
+        group = np.zeros(len(keep))
+        np.maximum.at(group, self._root, keep)
+        return group[self._root]
+
+    def cost(self, values):
+        """Predicted cost for per-gate keep values (0/1 masks or codes)."""
+        p = self.keep_of_atoms(values)
+        f_in, f_out = self._index_in(p), self._index_out(p)
+        return float(np.sum(self._io * f_in * f_out + self._i * f_in
+                            + self._o * f_out + self._c))
+
+    def share(self, values):
+        """`cost(values) / full`: the kept share of the full model's cost."""
+        return self.cost(values) / self.full
+
+    def gradient(self, values, eps=1e-3):
+        """d share / d (mean keep value of gate g), one entry per gate.
+
+        Taken by moving all of a gate's values down by `eps` together, so
+        it is what lowering that gate's mean code saves.
+        """
+        base = self.share(values)
+        grad = np.zeros(len(self.gates))
+        for g, v in enumerate(values):
+            moved = list(values)
+            moved[g] = np.asarray(v, dtype=np.float64) - eps
+            grad[g] = (base - self.share(moved)) / eps
+        return grad
+
+
+class _Means:
+    """Mean of a per-atom vector over each row's atoms (1 where no atoms)."""
+
+    def __init__(self, atom_lists, n_atoms):
+        self.rows = len(atom_lists)
+        self.has = np.array([a is not None for a in atom_lists], bool)
+        lists = [np.asarray(a, np.int64) for a in atom_lists if a is not None]
+        self.index = (np.concatenate(lists) if lists
+                      else np.zeros(0, np.int64))
+        self.lengths = np.array([len(a) for a in lists], np.float64)
+        self.starts = np.concatenate(
+            [[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64) \
+            if lists else np.zeros(0, np.int64)
+
+    def __call__(self, p):
+        out = np.ones(self.rows)
+        if len(self.lengths):
+            sums = np.add.reduceat(p[self.index], self.starts)
+            out[self.has] = sums / self.lengths
+        return out
+
+
+def _flop_counts(model):
+    from keras_autopruner.metrics import count_flops
+
+    return dict(count_flops(model).per_layer)
+
+
+def _flop_parts(op, macs):
+    """Split a layer's MACs into (both, input only, output only, fixed)."""
+    layer = op.layer
+    if not macs:
+        return (0.0, 0.0, 0.0, 0.0)
+    if op.kind == "mix":
+        if hasattr(layer, "depthwise_kernel") and hasattr(
+                layer, "pointwise_kernel"):
+            dw = math.prod(layer.depthwise_kernel.shape)
+            pw = math.prod(layer.pointwise_kernel.shape)
+            return (macs * pw / (dw + pw), macs * dw / (dw + pw), 0.0, 0.0)
+        return (float(macs), 0.0, 0.0, 0.0)
+    if op.kind in ("channelwise", "gate"):
+        return (0.0, float(macs), 0.0, 0.0)
+    return (0.0, 0.0, 0.0, float(macs))
+
+
+def _param_parts(op):
+    """Split a layer's weights into (both, input only, output only, fixed)."""
+    layer = op.layer
+    both = ins = outs = fixed = 0.0
+    for w in layer.weights:
+        size = float(math.prod(w.shape))
+        path = w.path if hasattr(w, "path") else w.name
+        if op.kind == "mix":
+            if "depthwise_kernel" in path:
+                ins += size
+            elif len(w.shape) >= 2:
+                both += size
+            else:
+                outs += size
+        elif op.kind == "channelwise":
+            ins += size
+        else:
+            fixed += size
+    return (both, ins, outs, fixed)
+
+
+def _place(parts, a_in, a_out):
+    """Move the parts whose channel axis is missing into the fixed part."""
+    both, ins, outs, fixed = parts
+    if a_in is None and a_out is None:
+        return (0.0, 0.0, 0.0, both + ins + outs + fixed)
+    if a_in is None:
+        return (0.0, 0.0, both + outs, ins + fixed)
+    if a_out is None:
+        return (0.0, both + ins, 0.0, outs + fixed)
+    return (both, ins, outs, fixed)
+
+
+def exact_choice(gates, scores, rate, *, budget="layer", cost=None,
+                 tolerance=0.02, allocation=None):
+    """Masks that meet the budget exactly, chosen by score.
+
+    Args:
+        gates: the gates (their `units`, `target_rate`, `min_units`).
+        scores: per gate, an array of channel scores; higher is kept first.
+        rate: the global budget as a share of the full cost (ignored for the
+            layer budget, where each gate's own `target_rate` counts).
+        budget: `"layer"`: each gate keeps `round(target_rate * units)`
+            channels, at least `min_units`. `"global"`: gate g keeps its
+            `round(s * allocation[g] * units)` best channels, with the one
+            scale `s` that makes the predicted cost (`cost`, a `CostModel`)
+            as large as fits in `rate * cost.full`; then the next-best
+            channels of any gate are added while they fit, until the cost is
+            within `tolerance` (relative) of the budget.
+        cost: the `CostModel` of the global budget.
+        tolerance: relative distance to the global budget that is good
+            enough.
+        allocation: per-gate kept fractions to scale (global budget;
+            default: all equal).
+
+    Returns:
+        A list of bool arrays, one per gate.
+
+    Raises:
+        ValueError: the global budget is below what `min_units` alone costs.
+    """
+    scores = [np.asarray(s, dtype=np.float64) for s in scores]
+    floors = [min(max(int(g.min_units), 1 if g.units else 0), g.units)
+              for g in gates]
+    if budget == "layer":
+        return [_top(s, min(g.units, max(f, int(round(g.target_rate
+                                                        * g.units)))))
+                for g, s, f in zip(gates, scores, floors)]
+    if cost is None:
+        raise ValueError("The global budget needs a CostModel.")
+    limit = float(rate) * cost.full
+    units = np.array([g.units for g in gates])
+    alloc = (np.ones(len(gates)) if allocation is None
+             else np.clip(np.asarray(allocation, np.float64), 1e-6, 1.0))
+
+    def counts(scale):
+        return np.clip(np.round(scale * alloc * units), floors, units)
+
+    def masks_for(ks):
+        return [_top(s, int(k)) for s, k in zip(scores, ks)]
+
+    if cost.cost(masks_for(counts(0.0))) > limit * (1 + 1e-9):
+        raise ValueError(
+            f"The budget ({rate:.3f} of the full cost) is below what the "
+            f"layers' min_units alone cost "
+            f"({cost.cost(masks_for(counts(0.0))) / cost.full:.3f}). Raise "
+            "target_rate, or lower min_units in add_gates.")
+    lo, hi = 0.0, 1.0 / alloc.min()
+    for _ in range(40):  # the largest common scale that fits
+        mid = (lo + hi) / 2
+        if cost.cost(masks_for(counts(mid))) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    ks = counts(lo)
+    spent = cost.cost(masks_for(ks))
+    # Fill the gap one channel at a time, the best next channel first.
+    while spent < limit * (1 - tolerance / 2):
+        options = sorted(
+            (g for g in range(len(gates)) if ks[g] < units[g]),
+            key=lambda g: -np.sort(scores[g])[::-1][int(ks[g])])
+        for g in options:
+            ks[g] += 1
+            trial = cost.cost(masks_for(ks))
+            if trial <= limit:
+                spent = trial
+                break
+            ks[g] -= 1
+        else:
+            break  # nothing fits any more
+    return masks_for(ks)
+
+
+def _top(scores, k):
+    mask = np.zeros(len(scores), bool)
+    if k > 0:
+        # A stable sort keeps the lower index first among equal scores.
+        mask[np.argsort(-scores, kind="stable")[:k]] = True
+    return mask
+
+
+def cost_model(gated, weighting):
+    """A `CostModel`, refusing models whose gates are nested."""
+    if any(isinstance(layer, keras.Model) for layer in gated.layers):
+        raise ValueError(
+            "A global budget needs the flat gated model that add_gates "
+            f"returns; {gated.name!r} nests models. Gate the inner model "
+            "with add_gates (it flattens) and train that.")
+    return CostModel(gated, weighting)
