@@ -3,8 +3,10 @@
 The public API lives here; the modules behind it are:
 - gate.py        AutoPrunerGate, the learned channel code
 - instrument.py  add_gates, the graph rewrite that inserts gates
-- objective.py   the pruning term and kept_fraction
-- schedules.py   lambda and alpha schedules (step schedule, controller)
+- objective.py   the pruning term (per-layer or global budget) and kept_fraction
+- budget.py      CostModel (the stripped model's MACs/params for any masks)
+                 and the exact final choice
+- schedules.py   lambda and alpha schedules in optimizer steps
 - callbacks.py   AutoPrunerCallback, which drives them during fit
 - graph.py       channel dependency groups of a gated model
 - surgery.py     strip (graph surgery), summary
@@ -13,13 +15,15 @@ The public API lives here; the modules behind it are:
 - datasets.py    the embedded real data and loaders for user data and tfds
 """
 
+from keras_autopruner.budget import CostModel
 from keras_autopruner.callbacks import AutoPrunerCallback
 from keras_autopruner.export import export
 from keras_autopruner.gate import AutoPrunerGate, set_hard_masks
 from keras_autopruner.instrument import add_gates, register_prunable
 from keras_autopruner.metrics import count_flops, count_params
 from keras_autopruner.objective import PruningObjective, kept_fraction
-from keras_autopruner.schedules import AlphaSchedule, LambdaController, StepLambda
+from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
+                                        Schedule, StepLambda)
 from keras_autopruner.surgery import PruningReport, strip, summary
 
 __version__ = "0.1.0"
