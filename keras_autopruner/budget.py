@@ -102,9 +102,8 @@ class CostModel:
                     parts = _param_parts(op)
                 if any(parts):
                     rows.append((a_in, a_out) + _place(parts, a_in, a_out))
-        self._rows = rows
-        self._index_in = _Means([r[0] for r in rows], n_atoms)
-        self._index_out = _Means([r[1] for r in rows], n_atoms)
+        self._index_in = _Means([r[0] for r in rows])
+        self._index_out = _Means([r[1] for r in rows])
         coef = np.array([r[2:] for r in rows], dtype=np.float64)
         self._io, self._i, self._o, self._c = coef.T if len(rows) else (
             np.zeros(0),) * 4
@@ -116,7 +115,7 @@ class CostModel:
         A group keeps the largest value of its channels; channels no gate
         controls count as 1.
         """
-        keep = self._free.astype(np.float64)
+        keep = np.ones(len(self._free))
         for atoms, v in zip(self._gate_atoms, values):
             keep[atoms] = np.asarray(v, dtype=np.float64)
         keep[self._free] = 1.0
@@ -153,7 +152,7 @@ class CostModel:
 class _Means:
     """Mean of a per-atom vector over each row's atoms (1 where no atoms)."""
 
-    def __init__(self, atom_lists, n_atoms):
+    def __init__(self, atom_lists):
         self.rows = len(atom_lists)
         self.has = np.array([a is not None for a in atom_lists], bool)
         lists = [np.asarray(a, np.int64) for a in atom_lists if a is not None]
@@ -291,11 +290,12 @@ def exact_choice(gates, scores, rate, *, budget="layer", cost=None,
             hi = mid
     ks = counts(lo)
     spent = cost.cost(masks_for(ks))
+    best_first = [np.sort(s)[::-1] for s in scores]
     # Fill the gap one channel at a time, the best next channel first.
     while spent < limit * (1 - tolerance / 2):
         options = sorted(
             (g for g in range(len(gates)) if ks[g] < units[g]),
-            key=lambda g: -np.sort(scores[g])[::-1][int(ks[g])])
+            key=lambda g: -best_first[g][int(ks[g])])
         for g in options:
             ks[g] += 1
             trial = cost.cost(masks_for(ks))

@@ -276,8 +276,8 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             "at_min_units": floors,
         }
         if self.objective.budget == "global":
-            self.result["cost_share_before_choice"] = self.objective.cost.share(
-                hard)
+            self.result["cost_share_before_choice"] = self.objective.share(
+                self.gates, hard)
             self.result["cost_share"] = self.objective.share(self.gates)
         if self.stop_when_done:
             self.model.stop_training = True

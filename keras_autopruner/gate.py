@@ -183,7 +183,7 @@ class AutoPrunerGate(keras.layers.Layer):
         return ops.reshape(x, (1, -1))
 
     def compute_logits(self, x):
-        """The unscaled logits for a batch `x`, shape (channels,)."""
+        """The logits before alpha for a batch `x`, shape (channels,)."""
         # The gate reads the activation but does not train the network
         # through it: otherwise the pruning term would reshape features to
         # move codes instead of choosing channels.

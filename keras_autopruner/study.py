@@ -556,7 +556,6 @@ class Study:
              f"{kept['overall']:.2f} of filters), accuracy before "
              f"fine-tuning {stripped_acc:.4f}; fine-tuning "
              f"{c.finetune_epochs} epochs...")
-        self._compile(compact)
         ft_history = self._fit(compact, c.finetune_epochs, seed, prefix,
                                low_from=0)
         key = run_key("autopruner", rate, seed)
