@@ -18,11 +18,10 @@ per layer `round(rate * units)` channels, or a global cost within a
 tolerance of `rate * full cost`, never fewer than `min_units` in a layer.
 """
 
-import math
-
 import keras
 import numpy as np
 
+from keras_autopruner import registry
 from keras_autopruner.gate import AutoPrunerGate
 from keras_autopruner.graph import ChannelGraph
 
@@ -96,10 +95,12 @@ class CostModel:
                 a_out = graph.channels.get(id(node.outputs[0]))
                 a_in = a_in if a_in is not None and len(a_in) else None
                 a_out = a_out if a_out is not None and len(a_out) else None
+                record = registry.lookup(layer) or registry.LayerType()
                 if weighting == "flops":
-                    parts = _flop_parts(op, per_layer.get(layer.name, 0))
+                    parts = record.flop_parts(
+                        layer, op.kind, per_layer.get(layer.name, 0))
                 else:
-                    parts = _param_parts(op)
+                    parts = record.param_parts(layer, op.kind)
                 if any(parts):
                     rows.append((a_in, a_out) + _place(parts, a_in, a_out))
         self._index_in = _Means([r[0] for r in rows])
@@ -175,44 +176,6 @@ def _flop_counts(model):
     from keras_autopruner.metrics import count_flops
 
     return dict(count_flops(model).per_layer)
-
-
-def _flop_parts(op, macs):
-    """Split a layer's MACs into (both, input only, output only, fixed)."""
-    layer = op.layer
-    if not macs:
-        return (0.0, 0.0, 0.0, 0.0)
-    if op.kind == "mix":
-        if hasattr(layer, "depthwise_kernel") and hasattr(
-                layer, "pointwise_kernel"):
-            dw = math.prod(layer.depthwise_kernel.shape)
-            pw = math.prod(layer.pointwise_kernel.shape)
-            return (macs * pw / (dw + pw), macs * dw / (dw + pw), 0.0, 0.0)
-        return (float(macs), 0.0, 0.0, 0.0)
-    if op.kind in ("channelwise", "gate"):
-        return (0.0, float(macs), 0.0, 0.0)
-    return (0.0, 0.0, 0.0, float(macs))
-
-
-def _param_parts(op):
-    """Split a layer's weights into (both, input only, output only, fixed)."""
-    layer = op.layer
-    both = ins = outs = fixed = 0.0
-    for w in layer.weights:
-        size = float(math.prod(w.shape))
-        path = w.path if hasattr(w, "path") else w.name
-        if op.kind == "mix":
-            if "depthwise_kernel" in path:
-                ins += size
-            elif len(w.shape) >= 2:
-                both += size
-            else:
-                outs += size
-        elif op.kind == "channelwise":
-            ins += size
-        else:
-            fixed += size
-    return (both, ins, outs, fixed)
 
 
 def _place(parts, a_in, a_out):

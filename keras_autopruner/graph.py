@@ -21,6 +21,9 @@ channel can be removed exactly when its value is zero wherever it is read
 and it is neither a model input or output nor read by a layer this module
 does not understand.
 
+How one call of a layer moves channels (its `Op`) comes from the layer's
+record in `registry`; this module only combines them.
+
 Example:
 
 >>> graph = ChannelGraph(gated)             # a flat model with gates
@@ -35,118 +38,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_autopruner import tracing
-from keras_autopruner.gate import AutoPrunerGate
-from keras_autopruner.instrument import PRUNABLE
-
-L = keras.layers
-
-# Layers that read every input channel and write new ones: the built-in
-# prunable layers. The input channels index kernel rows, the output channels
-# its columns; the value is the config key holding the output width. A copy
-# taken at import: a class added later with `register_prunable` has no
-# slicing rule here, so strip treats it as unknown rather than guess. Exact
-# classes only: a subclass may keep its weights differently.
-MIXERS = dict(PRUNABLE)
-
-# Activations f applied channel by channel, with f(0) = 0: a zero channel
-# stays zero through them.
-_HOMOGENEOUS = {"linear", "relu", "leaky_relu"}  # also f(s x) = s f(x), s > 0
-_ZERO_PRESERVING = _HOMOGENEOUS | {
-    "elu", "selu", "celu", "gelu", "silu", "swish", "tanh", "relu6",
-    "hard_silu", "hard_swish", "mish", "softsign", "hard_tanh",
-    "soft_shrink", "hard_shrink", "tanh_shrink",
-}
-# Channel by channel, but f(0) != 0.
-_CHANNELWISE = _ZERO_PRESERVING | {
-    "sigmoid", "hard_sigmoid", "softplus", "exponential", "log_sigmoid",
-    "squareplus", "sparse_plus",
-}
-
-# Layers that are the identity in inference.
-_NO_OPS = (
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianDropout, L.GaussianNoise, L.AlphaDropout,
-    L.ActivityRegularization, L.Identity,
-)
-# Layers that act on each channel alone, map 0 to 0 and hold no per-channel
-# weights, in inference.
-_PASS = _NO_OPS + (
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
-    L.GlobalAveragePooling3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-)
-
-# Merges that combine the same channel of each input. A "sum" output is zero
-# where every input is; a "product" output where any input is.
-_SUMS = (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum)
-_PRODUCTS = (L.Multiply,)
-
-
-def activation_traits(activation):
-    """How an activation treats channels.
-
-    Args:
-        activation: an activation function, or its name.
-
-    Returns:
-        `(zero_preserving, homogeneous)`: whether f(0) = 0, and whether
-        f(s x) = s f(x) for s > 0. `None` when the activation mixes channels
-        (softmax) or is not known.
-
-    Example:
-
-    >>> activation_traits("relu")
-    (True, True)
-    >>> activation_traits("sigmoid")
-    (False, False)
-    """
-    name = activation if isinstance(activation, str) else getattr(
-        activation, "__name__", None)
-    if name not in _CHANNELWISE:
-        return None
-    return name in _ZERO_PRESERVING, name in _HOMOGENEOUS
-
-
-@dataclasses.dataclass
-class Op:
-    """How one call of a layer moves channels.
-
-    Attributes:
-        node: the Keras call node.
-        kind: `"gate"`, `"mix"` (reads channels, writes new ones),
-            `"channelwise"` (channel c out comes from channel c in),
-            `"sum"`/`"product"` (merges of the same channel), `"concat"`,
-            `"tile"` (Flatten/Reshape: the channels repeat `repeat` times)
-            or `"unknown"`.
-        zero_preserving: a zero channel in gives a zero channel out
-            (channelwise layers), or f(0) = 0 for the layer's own activation
-            (mixers).
-        homogeneous: the layer commutes with a positive per-channel scale.
-        repeat: how many output channels each input channel gives
-            (`DepthwiseConv` depth multiplier) or how many times the channel
-            list repeats (`"tile"`).
-        frozen_out: the output channels cannot be removed (a mixer whose
-            activation mixes channels, such as softmax).
-        reason: why the layer is `"unknown"`.
-    """
-
-    node: object
-    kind: str
-    zero_preserving: bool = True
-    homogeneous: bool = True
-    repeat: int = 1
-    frozen_out: bool = False
-    reason: str = ""
-
-    @property
-    def layer(self):
-        return self.node.operation
+from keras_autopruner import registry, tracing
+from keras_autopruner.registry import Op, activation_traits  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -260,8 +153,8 @@ class ChannelGraph:
                 for a, b in zip(first_ins, ins):
                     self._union(a, b)
             else:
-                op = _unknown(node, "it is called on inputs of different "
-                                    "widths")
+                op = registry.unknown(
+                    node, "it is called on inputs of different widths")
                 # Its first call is then no safer to narrow.
                 first_op.kind, first_op.reason = op.kind, op.reason
                 first_outs = [self.channels[id(t)]
@@ -272,8 +165,9 @@ class ChannelGraph:
         widths = [_width(t) for t in node.outputs]
         if outs is None or [len(o) for o in outs] != widths:
             if op.kind != "unknown":
-                op = _unknown(node, "its output shape does not follow the "
-                                    "channel rule for its type")
+                op = registry.unknown(
+                    node, "its output shape does not follow the channel "
+                          "rule for its type")
             outs = [self._fresh(w) for w in widths]
         if op.kind == "unknown":
             self._frozen.extend((layer, a) for a in ins + outs)
@@ -406,18 +300,17 @@ class ChannelGraph:
             if len(self.graph.nodes_of(layer)) > 1:
                 return ScaleSite(error=f"{layer.name!r} is a shared layer")
             op = self._op_of_node[id(producer)]
+            record = registry.lookup(layer)
             if op.kind == "mix" and not op.frozen_out:
                 return ScaleSite(layer, zero_ok and op.zero_preserving,
                                  homog_ok and op.homogeneous)
-            if type(layer) is L.BatchNormalization and op.kind != "unknown":
-                if not layer.scale:
-                    return ScaleSite(
-                        error=f"batch norm {layer.name!r} has no gamma "
-                              "(scale=False) to scale")
+            if op.kind == "channelwise" and record.fold_into:
+                error = record.can_fold(layer)
+                if error:
+                    return ScaleSite(error=error)
                 return ScaleSite(layer, zero_ok, homog_ok)
-            if op.kind == "channelwise" and op.repeat == 1 and (
-                    _is_activation(layer)
-                    or isinstance(layer, _NO_OPS)):
+            if (op.kind == "channelwise" and op.repeat == 1
+                    and record.passes_scale):
                 zero_ok = zero_ok and op.zero_preserving
                 homog_ok = homog_ok and op.homogeneous
                 tensor = producer.input_tensors[0]
@@ -435,105 +328,24 @@ def _width(tensor):
     return int(shape[-1])
 
 
-def _unknown(node, reason):
-    return Op(node, "unknown", zero_preserving=False, homogeneous=False,
-              reason=reason)
-
-
 def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") == "channels_last"
 
 
-def _is_activation(layer):
-    return type(layer) in (L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU)
-
-
 def _classify(node):
-    """The `Op` of one call node."""
+    """The `Op` of one call node, from its layer's `LayerType`."""
     layer = node.operation
     if not _channels_last(layer):
-        return _unknown(node, "it uses data_format='channels_first'")
-    if len(node.input_tensors) != 1 and not isinstance(
-            layer, _SUMS + _PRODUCTS + (L.Concatenate,)):
-        return _unknown(node, "it takes several inputs")
-    if isinstance(layer, AutoPrunerGate):
-        return Op(node, "gate")
-    if type(layer) in MIXERS:
-        if getattr(layer, "groups", 1) != 1:
-            return _unknown(node, "it is a grouped convolution")
-        traits = activation_traits(layer.activation)
-        if traits is None:
-            return Op(node, "mix", False, False, frozen_out=True,
-                      reason="its activation mixes channels")
-        return Op(node, "mix", *traits)
-    if type(layer) in (L.DepthwiseConv1D, L.DepthwiseConv2D):
-        traits = activation_traits(layer.activation)
-        if traits is None:
-            return _unknown(node, "its activation mixes channels")
-        zero = traits[0] and not layer.use_bias
-        return Op(node, "channelwise", zero, False,
-                  repeat=int(layer.depth_multiplier))
-    if type(layer) is L.BatchNormalization:
-        axis = layer.axis
-        rank = len(node.input_tensors[0].shape)
-        if isinstance(axis, (list, tuple)):
-            axis = axis[0] if len(axis) == 1 else None
-        if axis is None or axis % rank != rank - 1:
-            return _unknown(node, "it normalises along an axis other than "
-                                  "the channel axis")
-        return Op(node, "channelwise", False, False)
-    if _is_activation(layer):
-        traits = _layer_traits(layer)
-        if traits is None:
-            return _unknown(node, "its activation mixes channels or is not "
-                                  "known")
-        return Op(node, "channelwise", *traits)
-    if isinstance(layer, _PASS):
-        return Op(node, "channelwise")
-    if isinstance(layer, _SUMS):
-        return Op(node, "sum")
-    if isinstance(layer, _PRODUCTS):
-        return Op(node, "product")
-    if isinstance(layer, L.Concatenate):
-        rank = len(node.outputs[0].shape)
-        if layer.axis % rank == rank - 1:
-            return Op(node, "concat")
-        # Joined along another axis, channel c of the output holds channel
-        # c of every input: the inputs' channels are one channel, as in Add.
-        return Op(node, "sum")
-    if type(layer) in (L.Flatten, L.Reshape):
-        return _tile(node)
-    return _unknown(node, f"strip does not know how {type(layer).__name__} "
-                          "uses channels")
-
-
-def _layer_traits(layer):
-    if type(layer) is L.Activation:
-        return activation_traits(layer.activation)
-    if type(layer) is L.ReLU:
-        t, slope = float(layer.threshold), float(layer.negative_slope)
-        return (t <= 0 or slope == 0,
-                t == 0 and layer.max_value is None)
-    if type(layer) is L.ELU:
-        return True, False
-    return True, True  # LeakyReLU, PReLU
-
-
-def _tile(node):
-    """Flatten/Reshape: fine when the output's last axis repeats the channels.
-
-    In row-major order an element's channel is its flat index modulo C. If
-    the output's last axis has k*C entries, its entry j holds channel
-    j mod C: the channel list repeated k times. (Flatten is the case where
-    the output's last axis holds everything.)
-    """
-    shape_in, shape_out = node.input_tensors[0].shape, node.outputs[0].shape
-    if any(d is None for d in tuple(shape_in[1:]) + tuple(shape_out[1:])):
-        return _unknown(node, "its shapes are not static")
-    c, last = int(shape_in[-1]), int(shape_out[-1])
-    if len(shape_in) < 2 or c == 0 or last % c:
-        return _unknown(node, "it moves the channel axis")
-    return Op(node, "tile", repeat=last // c)
+        return registry.unknown(node, "it uses data_format='channels_first'")
+    record = registry.lookup(layer)
+    if record is not None and record.refused:
+        return registry.unknown(node, record.refused)
+    if len(node.input_tensors) != 1 and not (record and record.merges):
+        return registry.unknown(node, "it takes several inputs")
+    if record is None:
+        return registry.unknown(node, f"strip does not know how "
+                                      f"{type(layer).__name__} uses channels")
+    return record.flow(node)
 
 
 def _zeros_out(op, z_in, scales):

@@ -1,56 +1,13 @@
 """add_gates: put an AutoPrunerGate behind every prunable layer of a model."""
 
-import keras
 
-from keras_autopruner import tracing
-from keras_autopruner.gate import AutoPrunerGate, check_rate
+from keras_autopruner import registry, tracing
+from keras_autopruner.gate import AutoPrunerGate, check_rate, gates_of
 
-L = keras.layers
-
-# Layers whose output channels are filters/neurons that can be removed, and
-# the config key holding their count.
-PRUNABLE = {
-    L.Conv1D: "filters",
-    L.Conv2D: "filters",
-    L.Conv3D: "filters",
-    L.Conv1DTranspose: "filters",
-    L.Conv2DTranspose: "filters",
-    L.Conv3DTranspose: "filters",
-    L.SeparableConv1D: "filters",
-    L.SeparableConv2D: "filters",
-    L.Dense: "units",
-}
-
-# Per-channel layers a gate moves behind, so it sees (and later removes) the
-# channel exactly as the next layer receives it.
-FOLLOWERS = (
-    L.BatchNormalization,
-    L.Activation,
-    L.ReLU,
-    L.LeakyReLU,
-    L.ELU,
-    L.PReLU,
-)
-
-def register_prunable(layer_class, width_key):
-    """Declare another layer class prunable.
-
-    Args:
-        layer_class: a Keras layer class whose last output axis holds filters.
-        width_key: the config key giving that axis's size (e.g. "filters").
-    """
-    PRUNABLE[layer_class] = width_key
-
-
-def is_prunable(layer):
-    return isinstance(layer, tuple(PRUNABLE))
-
-
-def width_of(layer):
-    for cls, key in PRUNABLE.items():
-        if isinstance(layer, cls):
-            return int(layer.get_config()[key])
-    raise TypeError(f"{type(layer).__name__} is not a prunable layer.")
+# Kept here for callers that imported them from this module.
+is_prunable = registry.is_prunable
+width_of = registry.width_of
+register_prunable = registry.register_prunable
 
 
 def add_gates(
@@ -111,6 +68,16 @@ def add_gates(
     ['conv2d_gate']
     """
     tracing.check_traceable(model, "add_gates")
+    present = gates_of(model)
+    if present:
+        raise ValueError(
+            f"Model {model.name!r} is already gated: it has "
+            f"{len(present)} AutoPrunerGate layers (such as "
+            f"{present[0].name!r}). Use it as it is (train it with "
+            "AutoPrunerCallback, then strip it), or strip it first with "
+            "keras_autopruner.strip(model) and gate the stripped model to "
+            "prune further."
+        )
     check_rate(target_rate)
     rates = dict(rates or {})
     for layer_name, rate in rates.items():
@@ -153,13 +120,15 @@ def add_gates(
             )
         if not include_output and _reaches_output(graph, node.outputs[0]):
             continue
+        if _only_scales(graph, node.outputs[0]):
+            continue
         point = _gate_point(graph, node)
         selected[id(point)] = (layer, rates.get(uname, target_rate))
 
     if not selected:
         raise ValueError(
             f"Model {model.name!r} has no prunable layer to gate. Prunable "
-            f"types: {sorted(c.__name__ for c in PRUNABLE)}; layers whose "
+            f"types: {registry.prunable_types()}; layers whose "
             "channels are model outputs are skipped unless "
             "include_output=True, and include/exclude may have removed the "
             "rest."
@@ -194,26 +163,16 @@ def _gate_point(graph, node):
         if len(consumers) != 1:
             break
         nxt = consumers[0]
-        if not isinstance(nxt.operation, FOLLOWERS):
-            break
-        if not _on_last_axis(nxt.operation, len(tensor.shape)):
-            break
         if len(nxt.input_tensors) != 1 or len(graph.nodes_of(nxt.operation)) > 1:
+            break
+        record = registry.lookup(nxt.operation)
+        if record is None or not record.follows or record.refused:
+            break
+        op = record.flow(nxt)
+        if op.kind != "channelwise" or op.repeat != 1:
             break
         point, tensor = nxt.operation, nxt.outputs[0]
     return point
-
-
-def _on_last_axis(layer, rank):
-    """BatchNormalization normalises per channel only on the channel axis."""
-    if not isinstance(layer, L.BatchNormalization):
-        return True
-    axis = layer.axis
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            return False
-        axis = axis[0]
-    return axis % rank == rank - 1
 
 
 def _reaches_output(graph, tensor):
@@ -230,6 +189,34 @@ def _reaches_output(graph, tensor):
             # A prunable layer mixes channels: a pruned one's trace ends there.
             if not is_prunable(consumer.operation):
                 todo.extend(consumer.outputs)
+    return False
+
+
+def _only_scales(graph, tensor):
+    """Whether `tensor`'s channels scale a larger tensor in a Multiply.
+
+    That is the excitation of a squeeze-and-excitation block: broadcast
+    over the features it multiplies, its channels are those features'
+    channels and go with them, so its layer gets no gate of its own. The
+    channels are followed through layers that keep them.
+    """
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        for consumer in graph.consumers[id(t)]:
+            record = registry.lookup(consumer.operation)
+            if record is None or record.refused or record.width_key:
+                continue
+            if len(consumer.input_tensors) == 1:
+                if record.flow(consumer).kind in ("channelwise", "tile"):
+                    todo.extend(consumer.outputs)
+            elif (record.merges and record.flow(consumer).kind == "product"
+                  and tuple(t.shape[1:])
+                  != tuple(consumer.outputs[0].shape[1:])):
+                return True
     return False
 
 
@@ -266,5 +253,11 @@ def _check_names(selection, by_user_name, what, must_be_prunable=False):
                         f"{what} names layer {layer_name!r} of type "
                         f"{type(layer).__name__}, which cannot be gated. "
                         "Prunable types: "
-                        f"{sorted(c.__name__ for c in PRUNABLE)}."
+                        f"{registry.prunable_types()}.{_why_not(layer)}"
                     )
+
+
+def _why_not(layer):
+    record = registry.lookup(layer)
+    return f" ({record.refused})" if record is not None and record.refused \
+        else ""

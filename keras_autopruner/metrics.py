@@ -27,11 +27,14 @@ VGG16 at about 15.5 G "FLOPs":
 
 import dataclasses
 import math
+import numbers
+import operator
 
 import keras
 
+from keras_autopruner import registry
+
 __all__ = [
-    "FLOP_COUNTERS",
     "FlopCount",
     "count_flops",
     "count_params",
@@ -74,9 +77,14 @@ def count_params(model):
     return total
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class FlopCount:
     """Result of `count_flops`: the MACs of one forward pass, by layer.
+
+    It stands for its `total` wherever a number is expected: `int(count)`,
+    `float(count)`, `count > 1e9`, `count / 1e9`, `sum(counts)` and
+    `f"{count:,}"` all use the total. `str(count)` (and `print`) give the
+    per-layer table instead.
 
     Attributes:
         total: multiply-accumulates for one example, summed over layers.
@@ -90,9 +98,12 @@ class FlopCount:
 
     Example:
 
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> count = count_flops(model)
-    >>> print(f"{count.total / 1e9:.2f} GMACs")
-    >>> print(count.table())
+    >>> int(count), count.per_layer
+    (12, {'dense': 12})
+    >>> f"{count / 1e3:.3f} kMACs", count == 12
+    ('0.012 kMACs', True)
     """
 
     total: int
@@ -140,10 +151,63 @@ class FlopCount:
     def __str__(self):
         return self.table()
 
+    # The total, as a number.
 
-# Maps a layer class to `fn(layer, input_shapes, output_shapes) -> int`.
-# Lookup walks the class's MRO, so a subclass inherits its parent's rule.
-FLOP_COUNTERS = {}
+    def __int__(self):
+        return int(self.total)
+
+    __index__ = __int__
+
+    def __float__(self):
+        return float(self.total)
+
+    def __format__(self, spec):
+        return format(self.total, spec)
+
+    def __bool__(self):
+        return bool(self.total)
+
+    def __hash__(self):
+        return hash(self.total)
+
+    def __round__(self, ndigits=None):
+        return round(self.total, ndigits)
+
+    def __neg__(self):
+        return -self.total
+
+    def __abs__(self):
+        return abs(self.total)
+
+
+def _other(value):
+    """The number to combine with a `FlopCount`, or None."""
+    if isinstance(value, FlopCount):
+        return value.total
+    if isinstance(value, numbers.Number):
+        return value
+    return None
+
+
+def _number_method(op, swap=False):
+    def method(self, other):
+        value = _other(other)
+        if value is None:
+            return NotImplemented
+        return op(value, self.total) if swap else op(self.total, value)
+    return method
+
+
+for _name, _op in [("eq", operator.eq), ("ne", operator.ne),
+                   ("lt", operator.lt), ("le", operator.le),
+                   ("gt", operator.gt), ("ge", operator.ge),
+                   ("add", operator.add), ("sub", operator.sub),
+                   ("mul", operator.mul), ("truediv", operator.truediv),
+                   ("floordiv", operator.floordiv), ("mod", operator.mod),
+                   ("pow", operator.pow)]:
+    setattr(FlopCount, f"__{_name}__", _number_method(_op))
+    if _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
+        setattr(FlopCount, f"__r{_name}__", _number_method(_op, swap=True))
 
 
 def register_flops(cls, fn=None):
@@ -182,164 +246,16 @@ def register_flops(cls, fn=None):
             "register_flops expects fn(layer, input_shapes, output_shapes) "
             f"returning an int, got {fn!r}."
         )
-    FLOP_COUNTERS[cls] = fn
+    base = registry.lookup(cls)
+    if base is None or base.refused:
+        base = registry.LayerType()
+    registry.register(cls, dataclasses.replace(base, flops=fn))
     return fn
 
 
 def _rule_for(layer):
-    for cls in type(layer).__mro__:
-        if cls in FLOP_COUNTERS:
-            return FLOP_COUNTERS[cls]
-    return None
-
-
-def _spatial(shape, data_format):
-    """Drops the batch and channel entries of a feature-map shape."""
-    if data_format == "channels_first":
-        return shape[2:]
-    return shape[1:-1]
-
-
-def _numel(shape):
-    return math.prod(shape[1:])
-
-
-def _conv_macs(layer, ins, outs):
-    # Kernel is (*kernel_size, in_channels // groups, filters): every
-    # output position multiplies each of its entries once.
-    spatial = _spatial(outs[0], layer.data_format)
-    return math.prod(layer.kernel.shape) * math.prod(spatial)
-
-
-def _conv_transpose_macs(layer, ins, outs):
-    # Each input position scatters the whole kernel into the output.
-    spatial = _spatial(ins[0], layer.data_format)
-    return math.prod(layer.kernel.shape) * math.prod(spatial)
-
-
-def _depthwise_macs(layer, ins, outs):
-    spatial = _spatial(outs[0], layer.data_format)
-    return math.prod(layer.kernel.shape) * math.prod(spatial)
-
-
-def _separable_macs(layer, ins, outs):
-    # The depthwise step runs at the strided output positions, and so does
-    # the 1x1 pointwise step that follows it.
-    positions = math.prod(_spatial(outs[0], layer.data_format))
-    depthwise = math.prod(layer.depthwise_kernel.shape)
-    pointwise = math.prod(layer.pointwise_kernel.shape)
-    return (depthwise + pointwise) * positions
-
-
-def _dense_macs(layer, ins, outs):
-    # Dense maps the last axis; the other non-batch axes repeat it.
-    return math.prod(layer.kernel.shape) * math.prod(ins[0][1:-1])
-
-
-def _per_output_element(layer, ins, outs):
-    return _numel(outs[0])
-
-
-def _local_pool_macs(layer, ins, outs):
-    return math.prod(layer.pool_size) * _numel(outs[0])
-
-
-def _per_input_element(layer, ins, outs):
-    return _numel(ins[0])
-
-
-def _dot_macs(layer, ins, outs):
-    axes = layer.axes
-    if isinstance(axes, int):
-        axes = (axes, axes)
-    rank = len(ins[0])
-    axis = axes[0] % rank
-    return _numel(outs[0]) * ins[0][axis]
-
-
-def _zero(layer, ins, outs):
-    return 0
-
-
-def _register_builtin_rules():
-    layers = keras.layers
-    rules = {
-        _conv_macs: ("Conv1D", "Conv2D", "Conv3D"),
-        _conv_transpose_macs: (
-            "Conv1DTranspose",
-            "Conv2DTranspose",
-            "Conv3DTranspose",
-        ),
-        _depthwise_macs: ("DepthwiseConv1D", "DepthwiseConv2D"),
-        _separable_macs: ("SeparableConv1D", "SeparableConv2D"),
-        _dense_macs: ("Dense",),
-        _per_output_element: ("BatchNormalization",),
-        _local_pool_macs: (
-            "MaxPooling1D",
-            "MaxPooling2D",
-            "MaxPooling3D",
-            "AveragePooling1D",
-            "AveragePooling2D",
-            "AveragePooling3D",
-        ),
-        _per_input_element: (
-            "GlobalMaxPooling1D",
-            "GlobalMaxPooling2D",
-            "GlobalMaxPooling3D",
-            "GlobalAveragePooling1D",
-            "GlobalAveragePooling2D",
-            "GlobalAveragePooling3D",
-            "AdaptiveAveragePooling1D",
-            "AdaptiveAveragePooling2D",
-            "AdaptiveAveragePooling3D",
-            "AdaptiveMaxPooling1D",
-            "AdaptiveMaxPooling2D",
-            "AdaptiveMaxPooling3D",
-        ),
-        _dot_macs: ("Dot",),
-        _zero: (
-            "Add",
-            "Subtract",
-            "Multiply",
-            "Average",
-            "Maximum",
-            "Minimum",
-            "Concatenate",
-            "Activation",
-            "ReLU",
-            "LeakyReLU",
-            "PReLU",
-            "ELU",
-            "Softmax",
-            # A table lookup, not arithmetic.
-            "Embedding",
-        ),
-    }
-    for fn, names in rules.items():
-        for name in names:
-            # Some classes only exist in newer Keras releases.
-            cls = getattr(layers, name, None)
-            if cls is not None:
-                register_flops(cls, fn)
-
-
-_register_builtin_rules()
-
-
-def _gate_macs(layer, ins, outs):
-    # In inference a gate multiplies each element by its channel's code or
-    # mask; the fully connected map that computes the code only runs in
-    # training, so, as for batch norm, only the inference cost counts.
-    return _numel(outs[0])
-
-
-def _register_gate_rule():
-    from keras_autopruner.gate import AutoPrunerGate
-
-    register_flops(AutoPrunerGate, _gate_macs)
-
-
-_register_gate_rule()
+    record = registry.lookup(layer)
+    return None if record is None else record.flops
 
 
 def _graph_of(layer):

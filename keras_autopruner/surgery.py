@@ -7,26 +7,27 @@ without gates at the narrower widths and copies the sliced weights in.
 `summary` compares the two models layer by layer.
 """
 
-import dataclasses
-import json
 import numbers
 import warnings
 
 import keras
 import numpy as np
 
-from keras_autopruner import metrics, tracing
+from keras_autopruner import registry, tracing
 from keras_autopruner.gate import AutoPrunerGate, gates_of
-from keras_autopruner.graph import MIXERS, ChannelGraph
-
-L = keras.layers
+from keras_autopruner.graph import ChannelGraph
+from keras_autopruner.report import PruningReport, summary  # noqa: F401
 
 COLLAPSE_POLICIES = ("keep_best", "raise")
 
-_CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
-_CONV_TRANSPOSES = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-_SEPARABLES = (L.SeparableConv1D, L.SeparableConv2D)
-_DEPTHWISES = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+
+class SoftCodesError(ValueError):
+    """`strip` refused: some gates' codes are not yet 0 or 1.
+
+    Train until they are (`AutoPrunerCallback` raises alpha until they
+    are), or call `strip(gated, force=True)` to keep each kept channel
+    scaled by its code.
+    """
 
 
 def strip(gated, threshold=None, *, force=False, tolerance=0.01,
@@ -126,7 +127,7 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
             "keras_autopruner.add_gates(model, target_rate), train it, then "
             "strip the gated model."
         )
-    flat = _flat(gated)
+    flat = tracing.flat(gated)
     graph = ChannelGraph(flat)
     if not 0.0 <= binary_target <= 1.0:
         raise ValueError(
@@ -151,17 +152,6 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
     return compact
 
 
-def _flat(model):
-    """`model` itself, or a flat copy (weights copied) if it nests models.
-
-    A copy rather than a replay with the same layers: inlined layers may
-    share a name, and the copy renames them the way `add_gates` does.
-    """
-    if any(isinstance(layer, keras.Model) for layer in model.layers):
-        return tracing.flatten(model)
-    return model
-
-
 def _scales(gates, threshold, force, tolerance, binary_target):
     """Gate name -> channel scale in the stripped model, and a note of the
     soft codes rounded to the hard mask ("" when none were)."""
@@ -179,7 +169,7 @@ def _scales(gates, threshold, force, tolerance, binary_target):
         return scales, ""
     share = 1.0 - n_soft_all / n_codes
     if share < binary_target:
-        raise ValueError(
+        raise SoftCodesError(
             "strip: some gates still have soft codes (not within "
             f"{tolerance} of 0 or 1): {', '.join(soft)}; binary share "
             f"{share:.3f} < binary_target {binary_target}. The hard-mask "
@@ -302,16 +292,15 @@ def _check_widths(graph, need):
 def _build(graph, need, folds, name):
     def make_layer(layer, new_name):
         op = graph.op_of(layer)
+        record = registry.lookup(layer)
         config = layer.get_config()
         config["name"] = new_name
-        if op.kind == "mix":
-            kept = graph.kept(op.node.outputs[0], need)
-            config[MIXERS[type(layer)]] = int(kept.sum())
-        elif op.kind == "tile" and type(layer) is L.Reshape:
-            out = op.node.outputs[0]
-            kept = graph.kept(out, need)
-            config["target_shape"] = tuple(out.shape[1:-1]) + (
-                int(kept.sum()),)
+        if op.kind in ("mix", "tile"):
+            kept = int(graph.kept(op.node.outputs[0], need).sum())
+            if op.kind == "mix":
+                config[record.width_key] = kept
+            elif record.resize is not None:
+                config = record.resize(config, op.node, kept)
         return layer.__class__.from_config(config)
 
     compact, layer_map = tracing.rebuild(
@@ -339,222 +328,9 @@ def _sliced(graph, layer, need, fold):
     """
     op = graph.op_of(layer)
     node = op.node
-    keep_in = graph.kept(node.input_tensors[0], need)
-    keep_out = graph.kept(node.outputs[0], need)
     values = {v.name: keras.ops.convert_to_numpy(v) for v in layer.weights}
-    out = dict(values)
     if op.kind == "unknown":
-        return out  # Its channels all stay (ChannelGraph made sure).
-    fold = np.ones(keep_out.size) if fold is None else fold
-    cls = type(layer)
-    if cls is L.Dense:
-        out["kernel"] = (values["kernel"] * fold)[keep_in][:, keep_out]
-    elif cls in _CONVS:
-        kernel = values["kernel"] * fold
-        out["kernel"] = kernel[..., keep_in, :][..., keep_out]
-    elif cls in _CONV_TRANSPOSES:  # (*size, filters, in_channels)
-        kernel = values["kernel"] * fold[:, None]
-        out["kernel"] = kernel[..., keep_out, :][..., keep_in]
-    elif cls in _SEPARABLES:
-        out["depthwise_kernel"] = values["depthwise_kernel"][..., keep_in, :]
-        read = np.repeat(keep_in, layer.depth_multiplier)
-        pointwise = values["pointwise_kernel"] * fold
-        out["pointwise_kernel"] = pointwise[..., read, :][..., keep_out]
-    elif cls in _DEPTHWISES:
-        out["kernel"] = values["kernel"][..., keep_in, :]
-    elif cls is L.BatchNormalization:
-        for key in ("gamma", "beta"):
-            if key in values:
-                values[key] = values[key] * fold
-        for key, value in values.items():
-            out[key] = value[keep_in]
-    elif cls is L.PReLU:
-        alpha = values["alpha"]
-        if alpha.shape[-1] == keep_in.size:  # Not shared along channels.
-            out["alpha"] = alpha[..., keep_in]
-    if "bias" in values and cls is not L.BatchNormalization:
-        out["bias"] = (values["bias"] * fold)[keep_out]
-    return out
-
-
-@dataclasses.dataclass
-class PruningReport:
-    """What `strip` removed, layer by layer.
-
-    Attributes:
-        rows: one dict per layer of the gated model (gates left out) with
-            `layer`, `class`, `filters_before`/`filters_after` (for layers
-            with filters or units, else None), `params_before`/
-            `params_after` and `macs_before`/`macs_after` (None when the
-            layer is not in the other model).
-        totals: `params_before`, `params_after`, `macs_before`,
-            `macs_after` of the whole models (before: without gates) and the
-            ratios `params_ratio`, `macs_ratio` (before / after).
-        gates: `count`, `params` and `macs` of the gates strip dropped.
-        notes: what the reader should know (collapse, round_to, force).
-
-    Example:
-
-    >>> report = summary(gated, compact)
-    >>> report.totals["macs_ratio"]
-    3.8
-    >>> print(report)            # a plain-text table
-    >>> report.to_markdown()     # the same as a Markdown document
-    """
-
-    rows: list
-    totals: dict
-    gates: dict
-    notes: list = dataclasses.field(default_factory=list)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    def to_json(self):
-        return json.dumps(self.to_dict(), indent=2)
-
-    def _table(self):
-        header = ["layer", "class", "filters", "params", "MACs"]
-        lines = []
-        for row in self.rows:
-            lines.append([
-                row["layer"], row["class"],
-                _pair(row["filters_before"], row["filters_after"]),
-                _pair(row["params_before"], row["params_after"]),
-                _pair(row["macs_before"], row["macs_after"]),
-            ])
-        t = self.totals
-        lines.append(["total", "", "",
-                      _pair(t["params_before"], t["params_after"]),
-                      _pair(t["macs_before"], t["macs_after"])])
-        return header, lines
-
-    def _ratios(self):
-        t = self.totals
-        parts = []
-        if t["params_ratio"]:
-            parts.append(f"params {t['params_before']:,} -> "
-                         f"{t['params_after']:,} (x{t['params_ratio']:.2f} "
-                         "smaller)")
-        if t["macs_ratio"]:
-            parts.append(f"MACs {t['macs_before']:,} -> {t['macs_after']:,} "
-                         f"(x{t['macs_ratio']:.2f} fewer)")
-        gates = self.gates
-        if gates["count"]:
-            parts.append(f"{gates['count']} gates dropped ({gates['params']:,}"
-                         f" params, {gates['macs']:,} MACs, not in 'before')")
-        return parts
-
-    def to_markdown(self):
-        header, lines = self._table()
-        out = ["# Pruning report", ""]
-        out += [f"- {p}" for p in self._ratios() + self.notes]
-        out += ["", "Per layer, before -> after (MACs for one example).", ""]
-        out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "---|" * len(header))
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out) + "\n"
-
-    def __str__(self):
-        header, lines = self._table()
-        widths = [max(len(r[i]) for r in [header] + lines)
-                  for i in range(len(header))]
-        text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                for r in [header] + lines]
-        return "\n".join(text + self._ratios() + self.notes)
-
-
-def _pair(before, after):
-    def fmt(v):
-        return "-" if v is None else f"{v:,}"
-    if before is None and after is None:
-        return ""
-    if before == after:
-        return fmt(before)
-    return f"{fmt(before)} -> {fmt(after)}"
-
-
-def summary(gated, compact, notes=None):
-    """Compare a model before and after `strip`, layer by layer.
-
-    Args:
-        gated: the gated (or the original) model; None when it is not at
-            hand, and the report then only has the "after" figures.
-        compact: the stripped model.
-        notes: optional list of strings to carry in the report.
-
-    Returns:
-        A `PruningReport`; `print` it for a table of filters, parameters
-        and MACs before and after.
-
-    Example:
-
-    >>> compact = strip(gated)
-    >>> print(summary(gated, compact))
-    """
-    after = {layer.name: layer for layer in compact.layers}
-    macs_after = metrics.count_flops(compact).per_layer
-    rows, gates = [], {"count": 0, "params": 0, "macs": 0}
-    if gated is None:
-        before, macs_before = {}, {}
-        order = list(compact.layers)
-    else:
-        flat = _flat(gated)
-        before = {layer.name: layer for layer in flat.layers}
-        macs_before = metrics.count_flops(flat).per_layer
-        order = list(flat.layers)
-    for layer in order:
-        if isinstance(layer, L.InputLayer):
-            continue
-        if isinstance(layer, AutoPrunerGate):
-            gates["count"] += 1
-            gates["params"] += metrics.count_params(layer)
-            gates["macs"] += macs_before.get(layer.name, 0)
-            continue
-        old, new = before.get(layer.name), after.get(layer.name)
-        row = {
-            "layer": layer.name,
-            "class": type(layer).__name__,
-            "filters_before": _filters(old),
-            "filters_after": _filters(new),
-            "params_before": _params(old),
-            "params_after": _params(new),
-            "macs_before": macs_before.get(layer.name),
-            "macs_after": macs_after.get(layer.name),
-        }
-        if any(row[k] for k in ("filters_before", "filters_after",
-                                "params_before", "params_after",
-                                "macs_before", "macs_after")):
-            rows.append(row)
-    params_after = metrics.count_params(compact)
-    macs_total_after = sum(macs_after.values())
-    if gated is None:
-        params_before = macs_total_before = None
-    else:
-        params_before = metrics.count_params(flat) - gates["params"]
-        macs_total_before = sum(macs_before.values()) - gates["macs"]
-    totals = {
-        "params_before": params_before,
-        "params_after": params_after,
-        "macs_before": macs_total_before,
-        "macs_after": macs_total_after,
-        "params_ratio": _ratio(params_before, params_after),
-        "macs_ratio": _ratio(macs_total_before, macs_total_after),
-    }
-    return PruningReport(rows, totals, gates, list(notes or []))
-
-
-def _params(layer):
-    return None if layer is None else metrics.count_params(layer)
-
-
-def _filters(layer):
-    if layer is None or type(layer) not in MIXERS:
-        return None
-    return int(layer.get_config()[MIXERS[type(layer)]])
-
-
-def _ratio(before, after):
-    if not before or not after:
-        return None
-    return round(before / after, 4)
+        return values  # Its channels all stay (ChannelGraph made sure).
+    return registry.lookup(layer).cut(
+        layer, values, graph.kept(node.input_tensors[0], need),
+        graph.kept(node.outputs[0], need), fold)

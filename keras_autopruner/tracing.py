@@ -196,6 +196,17 @@ def flatten(model, name=None):
     return flat
 
 
+def flat(model):
+    """`model` itself, or a flat copy (weights copied) if it nests models.
+
+    A copy rather than a replay with the same layers: inlined layers may
+    share a name, and the copy renames them the way `add_gates` does.
+    """
+    if any(isinstance(layer, keras.Model) for layer in model.layers):
+        return flatten(model)
+    return model
+
+
 class Graph:
     """Producers and consumers of the tensors of a flat functional model."""
 

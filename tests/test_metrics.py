@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from keras_autopruner import metrics
+from keras_autopruner import registry
 from keras_autopruner.metrics import FlopCount
 from keras_autopruner.metrics import count_flops
 from keras_autopruner.metrics import count_params
@@ -23,10 +23,9 @@ def single_layer_macs(input_shape, layer):
 
 @pytest.fixture
 def restore_registry():
-    saved = dict(metrics.FLOP_COUNTERS)
+    saved = registry.registered()
     yield
-    metrics.FLOP_COUNTERS.clear()
-    metrics.FLOP_COUNTERS.update(saved)
+    registry.restore(saved)
 
 
 def test_vgg16_params_and_macs():

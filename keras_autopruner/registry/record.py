@@ -1,0 +1,346 @@
+"""The record of one layer type, and the table that matches layers to them.
+
+A `LayerType` holds everything the package knows about a layer class: how
+one call moves channels (its `flow`, an `Op`), how wide it is, how its
+weights are cut when channels go, and what it costs. `add_gates`, the
+channel graph, `strip`, `count_flops` and `CostModel` all ask `lookup`.
+
+Matching walks the class's MRO: the class's own record first, then the
+nearest registered base. A subclass that overrides `call` may compute
+something else than its base, so it gets a refusing record (unknown
+channel flow, not prunable, no counting rule) whose reason says how to
+describe it; everything then treats it the same way.
+"""
+
+import dataclasses
+import math
+from typing import Callable, Mapping, Optional, Tuple
+
+import numpy as np
+
+IN, OUT = "in", "out"
+
+# Activations f applied channel by channel, with f(0) = 0: a zero channel
+# stays zero through them.
+_HOMOGENEOUS = {"linear", "relu", "leaky_relu"}  # also f(s x) = s f(x), s > 0
+_ZERO_PRESERVING = _HOMOGENEOUS | {
+    "elu", "selu", "celu", "gelu", "silu", "swish", "tanh", "relu6",
+    "hard_silu", "hard_swish", "mish", "softsign", "hard_tanh",
+    "soft_shrink", "hard_shrink", "tanh_shrink",
+}
+# Channel by channel, but f(0) != 0.
+_CHANNELWISE = _ZERO_PRESERVING | {
+    "sigmoid", "hard_sigmoid", "softplus", "exponential", "log_sigmoid",
+    "squareplus", "sparse_plus",
+}
+
+
+def activation_traits(activation):
+    """How an activation treats channels.
+
+    Args:
+        activation: an activation function, or its name.
+
+    Returns:
+        `(zero_preserving, homogeneous)`: whether f(0) = 0, and whether
+        f(s x) = s f(x) for s > 0. `None` when the activation mixes channels
+        (softmax) or is not known.
+
+    Example:
+
+    >>> activation_traits("relu")
+    (True, True)
+    >>> activation_traits("sigmoid")
+    (False, False)
+    """
+    name = activation if isinstance(activation, str) else getattr(
+        activation, "__name__", None)
+    if name not in _CHANNELWISE:
+        return None
+    return name in _ZERO_PRESERVING, name in _HOMOGENEOUS
+
+
+@dataclasses.dataclass
+class Op:
+    """How one call of a layer moves channels.
+
+    Attributes:
+        node: the Keras call node.
+        kind: `"gate"`, `"mix"` (reads channels, writes new ones),
+            `"channelwise"` (channel c out comes from channel c in),
+            `"sum"`/`"product"` (merges of the same channel), `"concat"`,
+            `"tile"` (Flatten/Reshape: the channels repeat `repeat` times)
+            or `"unknown"`.
+        zero_preserving: a zero channel in gives a zero channel out
+            (channelwise layers), or f(0) = 0 for the layer's own activation
+            (mixers).
+        homogeneous: the layer commutes with a positive per-channel scale.
+        repeat: how many output channels each input channel gives
+            (`DepthwiseConv` depth multiplier) or how many times the channel
+            list repeats (`"tile"`).
+        frozen_out: the output channels cannot be removed (a mixer whose
+            activation mixes channels, such as softmax).
+        reason: why the layer is `"unknown"`.
+    """
+
+    node: object
+    kind: str
+    zero_preserving: bool = True
+    homogeneous: bool = True
+    repeat: int = 1
+    frozen_out: bool = False
+    reason: str = ""
+
+    @property
+    def layer(self):
+        return self.node.operation
+
+
+def unknown(node, reason):
+    """The `Op` of a call whose channels must all stay as they are."""
+    return Op(node, "unknown", zero_preserving=False, homogeneous=False,
+              reason=reason)
+
+
+def unknown_flow(node):
+    return unknown(node, f"strip does not know how "
+                         f"{type(node.operation).__name__} uses channels")
+
+
+def mixer_flow(node):
+    """Reads every input channel, writes new ones through an activation.
+
+    A layer without an `activation` attribute is taken to be linear in
+    each output channel.
+    """
+    layer = node.operation
+    if getattr(layer, "groups", 1) != 1:
+        return unknown(node, "it is a grouped convolution")
+    activation = getattr(layer, "activation", None)
+    traits = (True, True) if activation is None else activation_traits(
+        activation)
+    if traits is None:
+        return Op(node, "mix", False, False, frozen_out=True,
+                  reason="its activation mixes channels")
+    return Op(node, "mix", *traits)
+
+
+def _check_roles(weights):
+    for name, roles in weights.items():
+        if isinstance(roles, str) or not all(r in (IN, OUT, None)
+                                             for r in roles):
+            raise ValueError(
+                f"weights[{name!r}] must be a tuple of 'in', 'out' or None, "
+                "one per trailing axis of the weight, e.g. ('in', 'out') "
+                f"for a Dense kernel; got {roles!r}.")
+    return {name: tuple(roles) for name, roles in weights.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerType:
+    """What the package knows about one layer class.
+
+    Attributes:
+        flow: `fn(node) -> Op`, how one call moves channels (see `Op`).
+        width_key: for layers whose output channels are filters that
+            `add_gates` gates and `strip` narrows: the config key of their
+            count (`"filters"`, `"units"`). None otherwise.
+        weights: weight name -> the role of each of its trailing axes:
+            `"in"` (indexed by input channel), `"out"` (by output channel)
+            or None. `strip` cuts the weight along these axes, and the cost
+            model splits its size by them. An axis k times as long as the
+            channel list holds k entries per channel, one after the other
+            (a depth multiplier); an axis of length 1 is broadcast and left
+            alone. None: the layer holds no per-channel weight.
+        fold_into: the weights a per-channel scale is folded into when a
+            gate's scale must survive `strip` (batch norm: gamma and beta;
+            the first must exist). None for a mixer means every weight
+            with an `"out"` axis; empty means no folding here.
+        flops: `fn(layer, input_shapes, output_shapes) -> int`, the MACs of
+            one call for one example (see `metrics.register_flops`); None
+            when there is no counting rule.
+        follows: `add_gates` may move the gate of the layer before it
+            behind this one, since it acts on each channel alone (batch
+            norm, activations).
+        passes_scale: a scale folded in before this layer still reaches its
+            output (activations, dropout), given its `Op` traits.
+        merges: the layer takes several inputs and combines the same
+            channels of each (Add, Multiply, Concatenate).
+        resize: `fn(config, node, channels) -> config` for a layer whose
+            config holds its channel count under another name than
+            `width_key` (Reshape's target shape).
+        refused: why the layer is not handled (a subclass that overrides
+            `call`); its channels then all stay, and it is not gated or
+            counted.
+    """
+
+    flow: Callable = unknown_flow
+    width_key: Optional[str] = None
+    weights: Optional[Mapping[str, Tuple]] = None
+    fold_into: Optional[Tuple[str, ...]] = None
+    flops: Optional[Callable] = None
+    follows: bool = False
+    passes_scale: bool = False
+    merges: bool = False
+    resize: Optional[Callable] = None
+    refused: str = ""
+
+    def width(self, layer):
+        """The layer's number of filters (output channels)."""
+        if self.width_key is None:
+            raise TypeError(f"{type(layer).__name__} is not a prunable layer.")
+        return int(layer.get_config()[self.width_key])
+
+    def _folded(self, values):
+        if self.fold_into is not None:
+            return [n for n in self.fold_into if n in values]
+        return [n for n in values if OUT in (self.weights or {}).get(n, ())]
+
+    def can_fold(self, layer):
+        """'' if a scale can be folded into `layer`, else why not."""
+        if self.fold_into is not None and self.fold_into and not any(
+                w.name == self.fold_into[0] for w in layer.weights):
+            return (f"{layer.name!r} has no {self.fold_into[0]!r} weight to "
+                    "scale")
+        return ""
+
+    def cut(self, layer, values, keep_in, keep_out, fold=None):
+        """The weights `values` (name -> array) cut to the kept channels.
+
+        Args:
+            layer: the layer the weights belong to (for messages).
+            values: weight name -> NumPy array.
+            keep_in, keep_out: bool per input / output channel.
+            fold: optional multiplier per output channel, applied to the
+                `fold_into` weights before cutting.
+        """
+        spec = self.weights or {}
+        folded = set(self._folded(values)) if fold is not None else set()
+        out = {}
+        for name, value in values.items():
+            if name not in spec:
+                raise ValueError(
+                    f"strip: layer {layer.name!r} ({type(layer).__name__}) "
+                    f"holds the weight {name!r}, which its layer type does "
+                    "not describe. Describe it with "
+                    "keras_autopruner.register_prunable(cls, width_key, "
+                    "weights={name: ('in', 'out'), ...}).")
+            roles = spec[name]
+            axes = range(value.ndim - len(roles), value.ndim)
+            for axis, role in zip(axes, roles):
+                if role is None:
+                    continue
+                keep = keep_in if role == IN else keep_out
+                index = _index(value.shape[axis], keep, layer, name)
+                if name in folded and role == OUT:
+                    shape = [1] * value.ndim
+                    shape[axis] = -1
+                    value = value * np.reshape(np.repeat(
+                        fold, value.shape[axis] // fold.size), shape)
+                if index is not None:
+                    value = np.compress(index, value, axis=axis)
+            out[name] = value
+        return out
+
+    def param_parts(self, layer, kind):
+        """Weights split into (both, input only, output only, fixed)."""
+        parts = [0.0, 0.0, 0.0, 0.0]
+        for w in layer.weights:
+            parts[self._part(w.name, kind)] += float(math.prod(w.shape))
+        return tuple(parts)
+
+    def flop_parts(self, layer, kind, macs):
+        """MACs split into (both, input only, output only, fixed).
+
+        A mixer's MACs are shared between its weights with both channel
+        axes and those with the input one alone, by their sizes (the
+        separable convolution's pointwise and depthwise kernels).
+        """
+        if not macs:
+            return (0.0, 0.0, 0.0, 0.0)
+        if kind == "mix":
+            sizes = [0.0, 0.0]
+            for w in layer.weights:
+                part = self._part(w.name, kind)
+                if part < 2:
+                    sizes[part] += float(math.prod(w.shape))
+            total = sum(sizes) or 1.0
+            if not sizes[1]:
+                return (float(macs), 0.0, 0.0, 0.0)
+            return (macs * sizes[0] / total, macs * sizes[1] / total,
+                    0.0, 0.0)
+        if kind in ("channelwise", "gate"):
+            return (0.0, float(macs), 0.0, 0.0)
+        return (0.0, 0.0, 0.0, float(macs))
+
+    def _part(self, name, kind):
+        """0: both channel axes, 1: input, 2: output, 3: fixed."""
+        if kind == "channelwise":
+            return 1
+        roles = (self.weights or {}).get(name, ()) if kind == "mix" else ()
+        has_in, has_out = IN in roles, OUT in roles
+        if has_in and has_out:
+            return 0
+        return 1 if has_in else 2 if has_out else 3
+
+
+def _index(length, keep, layer, name):
+    """A bool index for an axis of `length` entries, or None to keep all."""
+    if length == keep.size:
+        return keep
+    if length == 1:
+        return None
+    if keep.size and length % keep.size == 0:
+        return np.repeat(keep, length // keep.size)
+    raise ValueError(
+        f"strip: weight {name!r} of layer {layer.name!r} has an axis of "
+        f"{length} entries for {keep.size} channels; its layer type "
+        "describes its axes wrongly.")
+
+
+_TYPES = {}
+
+
+def register(layer_class, record):
+    """Make `record` the `LayerType` of `layer_class` and its subclasses."""
+    if not isinstance(layer_class, type):
+        raise TypeError(f"Expected a layer class, got {layer_class!r}.")
+    if not isinstance(record, LayerType):
+        raise TypeError(f"Expected a LayerType, got {record!r}.")
+    _TYPES[layer_class] = record
+    return record
+
+
+def registered():
+    """A copy of the table, class -> `LayerType` (to save and restore it)."""
+    return dict(_TYPES)
+
+
+def restore(table):
+    """Replace the table by `table`, as returned by `registered`."""
+    _TYPES.clear()
+    _TYPES.update(table)
+
+
+def lookup(layer):
+    """The `LayerType` of a layer (or layer class), or None.
+
+    The class's own record, else the nearest registered base's, unless a
+    class in between overrides `call`: then a record that refuses it.
+    """
+    cls = layer if isinstance(layer, type) else type(layer)
+    mro = cls.__mro__
+    for i, base in enumerate(mro):
+        record = _TYPES.get(base)
+        if record is None:
+            continue
+        override = next((k for k in mro[:i] if "call" in vars(k)), None)
+        if override is None:
+            return record
+        reason = (f"{cls.__name__} subclasses {base.__name__} but overrides "
+                  "call(), so the rules for its base may not hold. Describe "
+                  "it with keras_autopruner.register_prunable (or "
+                  "keras_autopruner.registry.register)")
+        return LayerType(refused=reason)
+    return None
+
