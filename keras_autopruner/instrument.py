@@ -36,7 +36,11 @@ def add_gates(
     whose channels reach a model output without passing through another
     prunable layer (the output layer, a conv feeding a global pool that is
     the output, ...) is excluded unless `include_output=True`, because
-    removing its channels would change what the model returns.
+    removing its channels would change what the model returns. A layer
+    whose channels scale, in a `Multiply`, the features they are computed
+    from (the excitation of a squeeze-and-excitation block) is not gated
+    either: its channels are those features' channels, kept or removed
+    with them.
 
     Args:
         model: a built Sequential or functional Keras model.
@@ -55,6 +59,11 @@ def add_gates(
 
     Returns:
         A new functional `keras.Model` with gates.
+
+    Raises:
+        ValueError: `model` already has gates (strip it first, or use it as
+            it is); nothing is left to gate; a name in `include`,
+            `exclude` or `rates` is not in the model or cannot be gated.
 
     Example:
 
@@ -120,7 +129,7 @@ def add_gates(
             )
         if not include_output and _reaches_output(graph, node.outputs[0]):
             continue
-        if _only_scales(graph, node.outputs[0]):
+        if _only_scales(graph, node):
             continue
         point = _gate_point(graph, node)
         selected[id(point)] = (layer, rates.get(uname, target_rate))
@@ -192,15 +201,18 @@ def _reaches_output(graph, tensor):
     return False
 
 
-def _only_scales(graph, tensor):
-    """Whether `tensor`'s channels scale a larger tensor in a Multiply.
+def _only_scales(graph, node):
+    """Whether the layer's channels scale, in a Multiply, a tensor they are
+    computed from.
 
-    That is the excitation of a squeeze-and-excitation block: broadcast
-    over the features it multiplies, its channels are those features'
-    channels and go with them, so its layer gets no gate of its own. The
+    That is the excitation of a squeeze-and-excitation block: its channels
+    are the channels of the features it multiplies and go with them, and
+    a gate of its own could only zero channels that the squeeze still
+    reads, which strip cannot remove. So its layer gets no gate. The
     channels are followed through layers that keep them.
     """
-    seen, todo = set(), [tensor]
+    upstream = None
+    seen, todo = set(), [node.outputs[0]]
     while todo:
         t = todo.pop()
         if id(t) in seen:
@@ -213,11 +225,27 @@ def _only_scales(graph, tensor):
             if len(consumer.input_tensors) == 1:
                 if record.flow(consumer).kind in ("channelwise", "tile"):
                     todo.extend(consumer.outputs)
-            elif (record.merges and record.flow(consumer).kind == "product"
-                  and tuple(t.shape[1:])
-                  != tuple(consumer.outputs[0].shape[1:])):
-                return True
+            elif record.merges and record.flow(consumer).kind == "product":
+                if upstream is None:
+                    upstream = _upstream(graph, node)
+                if any(id(x) in upstream for x in consumer.input_tensors
+                       if x is not t):
+                    return True
     return False
+
+
+def _upstream(graph, node):
+    """The ids of the tensors `node` is computed from."""
+    found, todo = set(), list(node.input_tensors)
+    while todo:
+        t = todo.pop()
+        if id(t) in found:
+            continue
+        found.add(id(t))
+        producer = graph.producer.get(id(t))
+        if producer is not None:
+            todo.extend(producer.input_tensors)
+    return found
 
 
 def _wanted(layer, uname, include, exclude):

@@ -258,6 +258,77 @@ def test_other_layer_types_strip_exactly(model):
     assert kap.count_params(compact) < kap.count_params(model)
 
 
+def squeeze_excite(size):
+    """A conv block with squeeze-and-excitation, as in EfficientNet. At
+    size 1 the excitation is not even broadcast over the features."""
+    x = keras.Input((size, size, 3))
+    f = L.Conv2D(8, 3, padding="same", activation="swish", name="feat")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True)(f)
+    s = L.Conv2D(4, 1, activation="swish", name="se_reduce")(s)
+    s = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+    h = L.Multiply()([f, s])
+    h = L.Conv2D(6, 1, name="project")(h)
+    h = L.BatchNormalization()(h)
+    y = L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h))
+    return keras.Model(x, y, name=f"se{size}")
+
+
+@pytest.mark.parametrize("size", [6, 1])
+def test_squeeze_and_excitation_strips_exactly(size):
+    rng = np.random.default_rng(size)
+    model = squeeze_excite(size)
+    randomize_batch_norms(model, rng)
+    gated = kap.add_gates(model, 0.5)
+    # The excitation's channels are the features' channels: no own gate.
+    assert sorted(g.name for g in gates_of(gated)) == [
+        "feat_gate", "project_gate", "se_reduce_gate"]
+    set_masks(gated, rng)
+    compact = kap.strip(gated)
+    assert_same_outputs(gated, compact, inputs_for(model))
+    kept = {g.name[:-len("_gate")]: int(g.mask().sum())
+            for g in gates_of(gated)}
+    widths = layer_widths(compact)
+    assert widths["se_expand"] == widths["feat"] == kept["feat"]
+    assert widths["se_reduce"] == kept["se_reduce"]
+
+
+def convnext_block():
+    """Stem, then depthwise conv, LayerNormalization, Dense on channels
+    (expand 4x, gelu, project) and a residual Add, as in ConvNeXt."""
+    x = keras.Input((8, 8, 3))
+    stem = L.Conv2D(8, 2, strides=2, name="stem")(x)
+    stem = L.LayerNormalization(epsilon=1e-6, name="stem_ln")(stem)
+    h = L.DepthwiseConv2D(7, padding="same", name="dw")(stem)
+    h = L.LayerNormalization(epsilon=1e-6, name="ln")(h)
+    h = L.Dense(32, activation="gelu", name="pw1")(h)
+    h = L.Dense(8, name="pw2")(h)
+    h = L.Add()([stem, h])
+    y = L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h))
+    return keras.Model(x, y, name="convnext_block")
+
+
+def test_convnext_block_strips_exactly_or_refuses_clearly():
+    rng = np.random.default_rng(7)
+    model = convnext_block()
+    # LayerNormalization reads all channels together: the stem's channels
+    # (the residual stream) cannot go, and strip says so.
+    gated = kap.add_gates(model, 0.5)
+    set_masks(gated, rng)
+    with pytest.raises(ValueError, match="'stem_ln'.*normalises over the "
+                                         "channels together.*exclude"):
+        kap.strip(gated)
+    gated = kap.add_gates(model, 0.5, exclude=["stem"])
+    assert [g.name for g in gates_of(gated)] == ["pw1_gate", "pw2_gate"]
+    set_masks(gated, rng)
+    compact = kap.strip(gated)
+    assert_same_outputs(gated, compact, inputs_for(model))
+    assert layer_widths(compact)["pw1"] == int(
+        gated.get_layer("pw1_gate").mask().sum()) < 32
+    # pw2 adds to the residual stream, which keeps every channel: its
+    # zeroed channels are folded into its kernel instead.
+    assert layer_widths(compact)["pw2"] == 8
+
+
 # Property: random small graphs.
 
 def conv_block(data, h, filters, name):
