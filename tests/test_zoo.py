@@ -1,0 +1,74 @@
+"""Keras Applications end to end: gate, random hard masks, strip, count.
+
+For each architecture (residual Add, inverted residuals with depthwise
+convolutions, dense Concatenate, squeeze-and-excitation, separable
+convolutions) the stripped model must compute what the gated one computes
+with hard masks, and `count_flops` / `count_params` of the stripped model
+must be what `CostModel` predicted from the masks alone. Small inputs and
+no trained weights keep this to a few seconds a model, mostly spent by
+Keras creating variables.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_autopruner as kap
+from keras_autopruner.budget import CostModel
+from keras_autopruner.gate import AutoPrunerGate, gates_of
+
+APPS = keras.applications
+
+ZOO = {
+    "ResNet50": (APPS.ResNet50, 32),
+    "MobileNetV2": (APPS.MobileNetV2, 32),
+    "DenseNet121": (APPS.DenseNet121, 32),
+    "EfficientNetB0": (APPS.EfficientNetB0, 32),
+    "Xception": (APPS.Xception, 71),
+}
+
+
+def spread_statistics(model, rng):
+    """Batch norms with varied statistics and shifts, so that signals do
+    not fade through a deep untrained network and a wrong cut shows."""
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        values = []
+        for variable in layer.weights:
+            low, high = ((0.8, 1.6) if variable.name in
+                         ("gamma", "moving_variance") else (-0.3, 0.3))
+            values.append(rng.uniform(low, high, variable.shape))
+        layer.set_weights(values)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_application_strips_exactly_and_costs_as_predicted(name):
+    build, size = ZOO[name]
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    model = build(weights=None, input_shape=(size, size, 3), classes=10,
+                  classifier_activation=None)
+    spread_statistics(model, rng)
+    gated = kap.add_gates(model, 0.5)
+    masks = []
+    for gate in gates_of(gated):
+        mask = rng.random(gate.units) < 0.5
+        mask[rng.integers(gate.units)] = True
+        gate.set_mask(mask)
+        masks.append(mask)
+
+    compact = kap.strip(gated, on_collapse="raise")
+
+    assert not [l for l in compact.layers if isinstance(l, AutoPrunerGate)]
+    x = rng.normal(size=(2, size, size, 3)).astype("float32")
+    want = keras.ops.convert_to_numpy(gated(x, training=False))
+    got = keras.ops.convert_to_numpy(compact(x))
+    scale = np.max(np.abs(want))
+    assert scale > 1e-3, "degenerate: the gated model outputs about zero"
+    assert np.max(np.abs(got - want)) <= 1e-4 * scale
+    flops = kap.count_flops(compact)
+    assert flops.total == pytest.approx(CostModel(gated, "flops").cost(masks))
+    assert kap.count_params(compact) == pytest.approx(
+        CostModel(gated, "params").cost(masks))
+    assert flops < kap.count_flops(model)
