@@ -25,5 +25,7 @@ from keras_autopruner.objective import PruningObjective, kept_fraction
 from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
                                         Schedule, StepLambda)
 from keras_autopruner.surgery import PruningReport, strip, summary
+from keras_autopruner.surgery import SoftCodesError
+from keras_autopruner.registry import LayerType
 
 __version__ = "0.1.0"

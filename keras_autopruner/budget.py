@@ -43,9 +43,9 @@ class CostModel:
 
     Example:
 
-    >>> cost = CostModel(gated, "flops")
-    >>> masks = [g.mask() for g in cost.gates]
-    >>> share = cost.share(masks)   # stripped MACs / full MACs
+        cost = CostModel(gated, "flops")
+        masks = [g.mask() for g in cost.gates]
+        share = cost.share(masks)   # stripped MACs / full MACs
     """
 
     def __init__(self, gated, weighting="flops"):

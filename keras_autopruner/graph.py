@@ -26,11 +26,11 @@ record in `registry`; this module only combines them.
 
 Example:
 
->>> graph = ChannelGraph(gated)             # a flat model with gates
->>> scales = {g.name: g.mask().astype("float32")
-...           for g in graph.gate_layers()}
->>> need = graph.needed(scales)
->>> graph.kept(some_tensor, need)           # bool per channel of the tensor
+    graph = ChannelGraph(gated)             # a flat model with gates
+    scales = {g.name: g.mask().astype("float32")
+              for g in graph.gate_layers()}
+    need = graph.needed(scales)
+    graph.kept(some_tensor, need)           # bool per channel of the tensor
 """
 
 import dataclasses
@@ -78,9 +78,8 @@ class ChannelGraph:
 
     Example:
 
-    >>> graph = ChannelGraph(gated)
-    >>> [op.layer.name for op in graph.ops if op.kind == "unknown"]
-    []
+        graph = ChannelGraph(gated)
+        frozen = [op.layer.name for op in graph.ops if op.kind == "unknown"]
     """
 
     def __init__(self, model):

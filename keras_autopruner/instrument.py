@@ -67,14 +67,15 @@ def add_gates(
 
     Example:
 
+    >>> import keras
     >>> model = keras.Sequential([
     ...     keras.Input((28, 28, 1)),
-    ...     keras.layers.Conv2D(16, 3, activation="relu"),
+    ...     keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
     ...     keras.layers.GlobalAveragePooling2D(),
     ...     keras.layers.Dense(10, activation="softmax")])
     >>> gated = add_gates(model, target_rate=0.5)
     >>> [l.name for l in gated.layers if isinstance(l, AutoPrunerGate)]
-    ['conv2d_gate']
+    ['conv_gate']
     """
     tracing.check_traceable(model, "add_gates")
     present = gates_of(model)

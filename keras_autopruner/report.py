@@ -30,11 +30,10 @@ class PruningReport:
 
     Example:
 
-    >>> report = summary(gated, compact)
-    >>> report.totals["macs_ratio"]
-    3.8
-    >>> print(report)            # a plain-text table
-    >>> report.to_markdown()     # the same as a Markdown document
+        report = summary(gated, compact)
+        report.totals["macs_ratio"]    # MACs before / after
+        print(report)            # a plain-text table
+        report.to_markdown()     # the same as a Markdown document
     """
 
     rows: list
@@ -124,8 +123,8 @@ def summary(gated, compact, notes=None):
 
     Example:
 
-    >>> compact = strip(gated)
-    >>> print(summary(gated, compact))
+        compact = strip(gated)
+        print(summary(gated, compact))
     """
     after = {layer.name: layer for layer in compact.layers}
     macs_after = metrics.count_flops(compact).per_layer

@@ -100,12 +100,12 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
 
     Example:
 
-    >>> gated = add_gates(model, target_rate=0.5)
-    >>> # ... fit with AutoPrunerCallback ...
-    >>> compact = strip(gated)
-    >>> print(compact.pruning_report)
-    >>> compact.compile("adam", "sparse_categorical_crossentropy")
-    >>> compact.fit(x, y, epochs=5)
+        gated = add_gates(model, target_rate=0.5)
+        # ... fit with AutoPrunerCallback ...
+        compact = strip(gated)
+        print(compact.pruning_report)
+        compact.compile("adam", "sparse_categorical_crossentropy")
+        compact.fit(x, y, epochs=5)
     """
     if on_collapse not in COLLAPSE_POLICIES:
         raise ValueError(

@@ -214,3 +214,13 @@ def test_channels_first_rejected():
         L.Flatten(), L.Dense(2)])
     with pytest.raises(ValueError, match="channels_first"):
         add_gates(model, 0.5)
+
+
+def test_gating_a_gated_model_says_what_to_do():
+    gated = add_gates(convnet(), 0.5)
+    with pytest.raises(ValueError, match="already gated.*strip it first"):
+        add_gates(gated, 0.5)
+    # Also when the gated model is nested in another one.
+    x = keras.Input((12, 12, 3))
+    with pytest.raises(ValueError, match="already gated"):
+        add_gates(keras.Model(x, gated(x)), 0.5)

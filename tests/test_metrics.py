@@ -234,3 +234,22 @@ def test_flop_count_table():
     assert "a" in text and "Dense" in text and "30" in text
     assert "\nb " not in text
     assert count.flops == 60
+
+
+def test_flop_count_is_usable_as_a_number():
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, name="d")])
+    count = count_flops(model)
+    assert (int(count), float(count), count.total) == (12, 12.0, 12)
+    assert count == 12 and count != 13 and 11 < count <= 12 and count > 1e-3
+    assert count + 1 == 13 and 1 + count == 13 and 24 - count == 12
+    assert count * 2 == 24 and count / 4 == 3.0 and 36 / count == 3.0
+    assert count // 5 == 2 and round(count / 5) == 2
+    assert sum([count, count]) == 24 and max(count, 5) is count
+    assert f"{count:,}" == "12" and f"{count / 1e3:.3f}" == "0.012"
+    wide = keras.Sequential([keras.Input((2000,)), L.Dense(1000)])
+    assert f"{count_flops(wide):,}" == "2,000,000"
+    assert count == count_flops(model) and count.per_layer == {"d": 12}
+    assert "total" in str(count)  # printing still gives the table
+    assert (count == "12") is False
+    with pytest.raises(TypeError):
+        count + "1"

@@ -476,7 +476,8 @@ def test_soft_codes_are_an_error_naming_the_gates():
     gates = gates_of(gated)
     gates[0].moving_code.assign([0.9] * 4 + [0.0] * 4)
     gates[1].moving_code.assign([1.0] * 3 + [0.0] * 3)
-    with pytest.raises(ValueError, match=r"d1_gate \(4 of 8\).*force=True"):
+    with pytest.raises(kap.SoftCodesError,
+                       match=r"d1_gate \(4 of 8\).*force=True"):
         kap.strip(gated)
 
 
@@ -494,7 +495,8 @@ def test_a_few_soft_codes_are_rounded_like_the_callback_allows():
     assert any("wide_gate (2 of 200)" in n for n in compact.pruning_report.notes)
     kap.set_hard_masks(gated, True)
     assert_same_outputs(gated, compact, inputs_for(gated))
-    with pytest.raises(ValueError, match="binary share 0.990 < binary_target 1.0"):
+    with pytest.raises(kap.SoftCodesError,
+                       match="binary share 0.990 < binary_target 1.0"):
         kap.strip(gated, binary_target=1.0)
     with pytest.raises(ValueError, match="binary_target must be in"):
         kap.strip(gated, binary_target=1.5)
