@@ -14,6 +14,7 @@ VGG16 at about 15.5 G "FLOPs":
   position (per input position for transposed convolutions).
 * `BatchNormalization` counts one MAC per output element: at inference it
   is a per-channel scale and shift that the next layer can absorb.
+  `LayerNormalization` counts the same (its statistics are not counted).
 * Pooling counts one MAC per input element read: the window size times the
   number of outputs for local pooling, the input size for global pooling.
 * Merges (`Add`, `Multiply`, `Concatenate`, ...), activations and shape
@@ -22,7 +23,8 @@ VGG16 at about 15.5 G "FLOPs":
   (the map that computes its code only runs in training).
 * A layer that holds weights but has no counting rule counts zero and is
   named in `FlopCount.unknown`, so a missing rule is visible, never silent.
-  Add rules for your own layers with `register_flops`.
+  Add rules for your own layers with `register_flops`, or describe the
+  whole layer with `register_prunable` (see `registry`).
 """
 
 import dataclasses
@@ -31,6 +33,7 @@ import numbers
 import operator
 
 import keras
+import numpy as np
 
 from keras_autopruner import registry
 
@@ -83,7 +86,8 @@ class FlopCount:
 
     It stands for its `total` wherever a number is expected: `int(count)`,
     `float(count)`, `count > 1e9`, `count / 1e9`, `sum(counts)` and
-    `f"{count:,}"` all use the total. `str(count)` (and `print`) give the
+    `f"{count:,}"`, `np.asarray(count)` and `pytest.approx` all use the
+    total. `str(count)` (and `print`) give the
     per-layer table instead.
 
     Attributes:
@@ -164,6 +168,10 @@ class FlopCount:
 
     def __format__(self, spec):
         return format(self.total, spec)
+
+    def __array__(self, dtype=None, copy=None):
+        # NumPy (and pytest.approx) then see the total.
+        return np.asarray(self.total, dtype=dtype)
 
     def __bool__(self):
         return bool(self.total)

@@ -1,6 +1,7 @@
 """Tests for `keras_autopruner.metrics`: parameter and MAC counting."""
 
 import keras
+import numpy as np
 import pytest
 
 from keras_autopruner import registry
@@ -250,6 +251,7 @@ def test_flop_count_is_usable_as_a_number():
     assert f"{count_flops(wide):,}" == "2,000,000"
     assert count == count_flops(model) and count.per_layer == {"d": 12}
     assert "total" in str(count)  # printing still gives the table
+    assert count == pytest.approx(12.000001) and np.float64(count) == 12.0
     assert (count == "12") is False
     with pytest.raises(TypeError):
         count + "1"
