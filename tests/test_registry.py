@@ -182,6 +182,21 @@ def test_subclasses_are_handled_or_refused_the_same_everywhere():
         kap.strip(gated)
 
 
+def test_a_refused_subclass_can_be_registered_with_its_base_weights(
+        saved_registry):
+    kap.register_prunable(DoubledDense, "units")  # Dense's weights
+    model = subclass_model()
+    gated = kap.add_gates(model, 0.5)
+    assert "doubled_gate" in [g.name for g in gates_of(gated)]
+    random_masks(gated, 6)
+    compact = kap.strip(gated)
+    x = np.random.default_rng(6).normal(size=(4, 6, 6, 3)).astype("float32")
+    assert_same(gated, compact, x)
+    assert compact.get_layer("doubled").units == int(
+        gated.get_layer("doubled_gate").mask().sum())
+    assert kap.count_flops(model).unknown == []
+
+
 def test_lookup_walks_the_mro():
     assert registry.lookup(PlainConv(4)) is registry.lookup(L.Conv2D)
     assert registry.lookup(DoubledDense(3)).refused
@@ -213,3 +228,41 @@ def test_only_the_registry_names_builtin_layer_types(module):
 def test_docstring_examples_run(module, saved_registry):
     module = importlib.import_module(f"keras_autopruner.{module}")
     assert doctest.testmod(module).failed == 0
+
+
+class ChannelScale(keras.layers.Layer):
+    """A learned scale per channel: channel c out is s_c times channel c in."""
+
+    def build(self, shape):
+        self.s = self.add_weight(shape=shape[-1:], name="s",
+                                 initializer="random_uniform")
+
+    def call(self, x):
+        return x * self.s
+
+
+def test_a_channelwise_user_layer_is_described_with_register(
+        saved_registry):
+    x = keras.Input((5,))
+    h = L.Dense(8, activation="relu", name="d1")(x)
+    h = ChannelScale(name="scale")(h)
+    model = keras.Model(x, L.Dense(3, name="out")(h))
+    gated = kap.add_gates(model, 0.5)
+    random_masks(gated, 4)
+    with pytest.raises(ValueError, match="'scale'.*does not know"):
+        kap.strip(gated)
+
+    registry.register(ChannelScale, registry.LayerType(
+        flow=lambda node: registry.Op(node, "channelwise"),
+        weights={"s": ("out",)}, follows=True,
+        flops=lambda layer, ins, outs: int(np.prod(outs[0]))))
+    gated = kap.add_gates(model, 0.5)
+    # The gate now goes behind the scale, which works channel by channel.
+    assert gated.get_layer("d1_gate").input._keras_history[0].name == "scale"
+    random_masks(gated, 4)
+    compact = kap.strip(gated)
+    x = np.random.default_rng(5).normal(size=(6, 5)).astype("float32")
+    assert_same(gated, compact, x)
+    kept = int(gated.get_layer("d1_gate").mask().sum())
+    assert compact.get_layer("scale").get_weights()[0].shape == (kept,)
+    assert kap.count_flops(compact).per_layer["scale"] == kept

@@ -21,14 +21,14 @@ True
 import math
 
 from keras_autopruner.registry.record import (
-    IN, OUT, LayerType, Op, activation_traits, lookup, mixer_flow, register,
-    registered, restore, unknown)
+    IN, OUT, LayerType, Op, activation_traits, lookup, mixer_flow, nearest,
+    register, registered, restore, unknown)
 from keras_autopruner.registry import builtin
 from keras_autopruner.registry.builtin import is_input_layer
 
 __all__ = [
     "IN", "OUT", "LayerType", "Op", "activation_traits", "is_input_layer",
-    "is_prunable", "lookup", "prunable_types", "register", "register_prunable", "registered",
+    "is_prunable", "lookup", "nearest", "prunable_types", "register", "register_prunable", "registered",
     "restore", "unknown", "width_of",
 ]
 
@@ -108,7 +108,7 @@ def register_prunable(layer_class, width_key, *, weights=None, flops=None):
     if not isinstance(layer_class, type):
         raise TypeError(
             f"register_prunable expects a layer class, got {layer_class!r}.")
-    base = lookup(layer_class)
+    base = nearest(layer_class)
     inherited = base is not None and base.width_key is not None
     if weights is None:
         if not inherited:

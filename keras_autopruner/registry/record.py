@@ -322,6 +322,12 @@ def restore(table):
     _TYPES.update(table)
 
 
+def nearest(layer_class):
+    """The record of `layer_class` or of its nearest registered base, or
+    None, whether or not a class in between overrides `call`."""
+    return next((_TYPES[k] for k in layer_class.__mro__ if k in _TYPES), None)
+
+
 def lookup(layer):
     """The `LayerType` of a layer (or layer class), or None.
 
