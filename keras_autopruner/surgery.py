@@ -93,8 +93,9 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
         `export` writes next to the SavedModel.
 
     Raises:
-        ValueError: the model has no gates; codes are soft and `force` is
-            False; a gate collapses and `on_collapse="raise"`; a layer that
+        SoftCodesError: (a ValueError) too many codes are still soft and
+            `force` is False.
+        ValueError: the model has no gates; a gate collapses and `on_collapse="raise"`; a layer that
             `strip` cannot narrow would lose channels (the message names
             it); or a scale cannot be folded exactly.
 

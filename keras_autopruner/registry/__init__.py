@@ -21,13 +21,13 @@ True
 import math
 
 from keras_autopruner.registry.record import (
-    IN, OUT, LayerType, Op, activation_traits, lookup, mixer_flow, nearest,
-    register, registered, restore, unknown)
-from keras_autopruner.registry import builtin
+    IN, OUT, LayerType, Op, activation_traits, check_roles, lookup,
+    mixer_flow, nearest, register, registered, restore, unknown)
 from keras_autopruner.registry.builtin import is_input_layer
 
 __all__ = [
-    "IN", "OUT", "LayerType", "Op", "activation_traits", "is_input_layer",
+    "IN", "OUT", "LayerType", "Op", "activation_traits", "check_roles",
+    "is_input_layer", "mixer_flow",
     "is_prunable", "lookup", "nearest", "prunable_types", "register", "register_prunable", "registered",
     "restore", "unknown", "width_of",
 ]
@@ -103,8 +103,6 @@ def register_prunable(layer_class, width_key, *, weights=None, flops=None):
     >>> is_prunable(Linear(3))
     True
     """
-    from keras_autopruner.registry.record import _check_roles
-
     if not isinstance(layer_class, type):
         raise TypeError(
             f"register_prunable expects a layer class, got {layer_class!r}.")
@@ -118,7 +116,7 @@ def register_prunable(layer_class, width_key, *, weights=None, flops=None):
                 "by input and output channels, e.g. {'kernel': ('in', "
                 "'out'), 'bias': ('out',)}.")
         weights = base.weights
-    weights = _check_roles(weights)
+    weights = check_roles(weights)
     if flops is None:
         flops = base.flops if inherited else _kernel_macs(weights)
     elif not callable(flops):

@@ -143,7 +143,7 @@ def _dense_macs(layer, ins, outs):
     return math.prod(layer.kernel.shape) * math.prod(ins[0][1:-1])
 
 
-def per_output_element(layer, ins, outs):
+def _per_output_element(layer, ins, outs):
     return _numel(outs[0])
 
 
@@ -204,10 +204,10 @@ def _table():
         "DepthwiseConv1D DepthwiseConv2D": _channelwise(
             _depthwise_flow, _conv_macs, weights=depthwise),
         "BatchNormalization": _channelwise(
-            _batch_norm_flow, per_output_element, weights=_BN_WEIGHTS,
+            _batch_norm_flow, _per_output_element, weights=_BN_WEIGHTS,
             fold_into=("gamma", "beta"), follows=True),
         "LayerNormalization": LayerType(flow=_layer_norm_flow,
-                                        flops=per_output_element),
+                                        flops=_per_output_element),
         "Activation": _channelwise(_activation_flow, **_ACTIVATION),
         "ReLU": _channelwise(_relu_flow, **_ACTIVATION),
         "LeakyReLU": _channelwise(_kind("channelwise"), **_ACTIVATION),
@@ -249,7 +249,7 @@ def _table():
             if cls is not None:
                 register(cls, record)
     register(AutoPrunerGate, LayerType(flow=_kind("gate"),
-                                       flops=per_output_element))
+                                       flops=_per_output_element))
 
 
 _table()

@@ -125,7 +125,8 @@ def mixer_flow(node):
     return Op(node, "mix", *traits)
 
 
-def _check_roles(weights):
+def check_roles(weights):
+    """`weights` (name -> axis roles) checked, with tuples for roles."""
     for name, roles in weights.items():
         if isinstance(roles, str) or not all(r in (IN, OUT, None)
                                              for r in roles):
