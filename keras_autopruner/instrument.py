@@ -173,7 +173,8 @@ def _gate_point(graph, node):
         if len(consumers) != 1:
             break
         nxt = consumers[0]
-        if len(nxt.input_tensors) != 1 or len(graph.nodes_of(nxt.operation)) > 1:
+        if (len(nxt.input_tensors) != 1
+                or len(graph.nodes_of(nxt.operation)) > 1):
             break
         record = registry.lookup(nxt.operation)
         if record is None or not record.follows or record.refused:

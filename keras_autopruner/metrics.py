@@ -244,7 +244,8 @@ def register_flops(cls, fn=None):
     ...         self.w = self.add_weight(shape=shape[-1:])
     ...     def call(self, x):
     ...         return x * self.w
-    >>> rule = register_flops(Scale, lambda layer, ins, outs: math.prod(outs[0]))
+    >>> rule = register_flops(
+    ...     Scale, lambda layer, ins, outs: math.prod(outs[0]))
     """
     if not isinstance(cls, type):
         raise TypeError(f"register_flops expects a class, got {cls!r}.")

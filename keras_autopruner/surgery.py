@@ -95,9 +95,10 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
     Raises:
         SoftCodesError: (a ValueError) too many codes are still soft and
             `force` is False.
-        ValueError: the model has no gates; a gate collapses and `on_collapse="raise"`; a layer that
-            `strip` cannot narrow would lose channels (the message names
-            it); or a scale cannot be folded exactly.
+        ValueError: the model has no gates; a gate collapses and
+            `on_collapse="raise"`; a layer that `strip` cannot narrow would
+            lose channels (the message names it); or a scale cannot be
+            folded exactly.
 
     Example:
 

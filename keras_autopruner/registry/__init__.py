@@ -27,8 +27,8 @@ from keras_autopruner.registry.builtin import is_input_layer
 
 __all__ = [
     "IN", "OUT", "LayerType", "Op", "activation_traits", "check_roles",
-    "is_input_layer", "mixer_flow",
-    "is_prunable", "lookup", "nearest", "prunable_types", "register", "register_prunable", "registered",
+    "is_input_layer", "is_prunable", "lookup", "mixer_flow", "nearest",
+    "prunable_types", "register", "register_prunable", "registered",
     "restore", "unknown", "width_of",
 ]
 
@@ -94,12 +94,14 @@ def register_prunable(layer_class, width_key, *, weights=None, flops=None):
     ...         super().__init__(**kwargs)
     ...         self.units = units
     ...     def build(self, shape):
-    ...         self.w = self.add_weight(shape=(shape[-1], self.units), name="w")
+    ...         self.w = self.add_weight(shape=(shape[-1], self.units),
+    ...                                  name="w")
     ...     def call(self, x):
     ...         return keras.ops.matmul(x, self.w)
     ...     def get_config(self):
     ...         return {**super().get_config(), "units": self.units}
-    >>> record = register_prunable(Linear, "units", weights={"w": ("in", "out")})
+    >>> record = register_prunable(Linear, "units",
+    ...                            weights={"w": ("in", "out")})
     >>> is_prunable(Linear(3))
     True
     """
