@@ -235,3 +235,9 @@ def test_tfds_data_under_mock():
         (test,), _ = data.eval_args(batch_size=4)
         images, _ = next(iter(test))
         assert images.shape == (4, 32, 32, 3)
+
+
+def test_runners_table_lists_every_method_in_run_order():
+    assert tuple(study.RUNNERS) == study.METHODS
+    assert study.METHODS[:2] == ("full", "autopruner")
+    assert all(callable(f) for f in study.RUNNERS.values())
