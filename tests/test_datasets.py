@@ -53,7 +53,7 @@ def test_embedded_subset_shapes_and_balance():
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_directory(tmp_path, gz):
     arrays = fake_fashion_arrays()
-    for key, stem in datasets._FASHION_MNIST_FILES.items():
+    for key, stem in datasets.fashion_mnist._FASHION_MNIST_FILES.items():
         write_idx(tmp_path / (stem + (".gz" if gz else "")), arrays[key])
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist(tmp_path)
     np.testing.assert_array_equal(x_train, arrays["x_train"])
@@ -256,3 +256,13 @@ def test_tfds_argument_errors(tfds_mock):
         load_tfds_images("fashion_mnist", "test", 8, 2, False, channels=2)
     with pytest.raises(ValueError, match="normalization"):
         load_tfds_images("fashion_mnist", "test", 8, 2, False, normalization="z")
+
+
+@pytest.mark.parametrize("module", ["fashion_mnist", "tabular"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"keras_autopruner.datasets.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -34,7 +34,7 @@ True
 from keras_autopruner.study.config import (IMAGE_MODELS, METHOD_LABELS,
                                            METHODS, PRESETS, StudyConfig,
                                            make_config, run_key)
-from keras_autopruner.study.data import StudyData, load_study_data
+from keras_autopruner.datasets import StudyData, load_study_data
 from keras_autopruner.study.latency import measure_latencies
 from keras_autopruner.study.methods import RUNNERS, run_magnitude
 from keras_autopruner.study.plots import (plot_accuracy_vs_flops,

@@ -107,7 +107,7 @@ class Study:
     def data(self):
         """The study's `StudyData`, loaded on first use."""
         if self._data is None:
-            from keras_autopruner.study.data import load_study_data
+            from keras_autopruner.datasets import load_study_data
 
             self._data = load_study_data(self.config)
         return self._data

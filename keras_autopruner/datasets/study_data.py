@@ -1,4 +1,10 @@
-"""The study's data: `StudyData` and `load_study_data`."""
+"""The comparison study's data: `StudyData` and `load_study_data`.
+
+`load_study_data` turns a `StudyConfig`'s data fields (`dataset`,
+`data_path`, `image_size`, `train_examples`, `test_examples`,
+`batch_size`) into a `StudyData`: NumPy arrays for Fashion-MNIST, `tf.data`
+pipelines for `tensorflow_datasets` image sets.
+"""
 
 
 class StudyData:
@@ -47,7 +53,7 @@ class StudyData:
 def load_study_data(config):
     """The data named by `config.dataset`, sliced as the config says."""
     if config.dataset == "fashion_mnist":
-        from keras_autopruner.datasets import load_fashion_mnist
+        from keras_autopruner.datasets.fashion_mnist import load_fashion_mnist
 
         (x, y), (xt, yt) = load_fashion_mnist(config.data_path)
         x, y = x[:config.train_examples], y[:config.train_examples]
@@ -63,7 +69,7 @@ def load_study_data(config):
 def _load_tfds_data(config):
     import tensorflow_datasets as tfds
 
-    from keras_autopruner.datasets import load_tfds_images
+    from keras_autopruner.datasets.images import load_tfds_images
 
     builder = tfds.builder(config.dataset)
     features = builder.info.features
