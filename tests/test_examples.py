@@ -95,8 +95,8 @@ def test_fc_dnn_on_a_user_csv(tmp_path):
 
     example = load_example("fc_dnn")
     out = str(tmp_path / "out")
-    result = example.run(data=str(path), label="letter", out=out,
-                         epochs=2, prune_epochs=14, finetune_epochs=1,
+    result = example.run(data_path=str(path), label="letter", out=out,
+                         full_epochs=2, prune_epochs=14, finetune_epochs=1,
                          verbose=0, export=False)
     layers = pd.read_csv(os.path.join(out, "layers.csv"))
     assert list(layers["layer"]) == list(models.FC_DNN_WIDTHS)

@@ -152,9 +152,9 @@ def test_make_config_validates():
 
 
 def test_flags_make_the_config():
-    config, out = study.config_from_args(study.parse_args(
-        ["--preset", "demo", "--rates", "0.4,0.6", "--seeds", "1,2",
-         "--magnitude", "--prune_epochs", "7"]))
+    config, out = study.config_from_flags(study.parse_flags(
+        ["--preset=demo", "--rates=0.4,0.6", "--seeds=1,2", "--magnitude",
+         "--prune_epochs=7"]))
     assert out == os.path.join("runs", "study_demo")
     assert config.rates == (0.4, 0.6) and config.seeds == (1, 2)
     assert config.methods == ("full", "autopruner", "uniform", "magnitude")
@@ -210,8 +210,9 @@ def test_write_report_without_training(tmp_path):
 
 def test_main_prints_the_table(tiny_study, capsys):
     out, _, _, _, _ = tiny_study
-    assert study.main(["--preset", "tiny", "--out", out, "--verbose", "0",
-                       "--no_export", "--latency_runs", "2"]) == 0
+    assert study.run_from_flags(study.parse_flags(
+        ["--preset=tiny", f"--out={out}", "--verbose=0", "--noexport",
+         "--latency_runs=2"])) == 0
     printed = capsys.readouterr().out
     assert "| method | rate | seeds | accuracy %" in printed
     assert "done before, reusing scratch_r0.5_s0.json" in printed

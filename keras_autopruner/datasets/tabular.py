@@ -1,4 +1,4 @@
-"""Tabular classification data: CSV, `.npz` or `.npy`, split and standardised."""
+"""Tabular classification data from CSV, `.npz` or `.npy`, split, scaled."""
 
 import os
 

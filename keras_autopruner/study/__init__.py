@@ -43,13 +43,15 @@ from keras_autopruner.study.report import (findings, markdown_table,
                                            results_frame, runs_frame,
                                            write_report)
 from keras_autopruner.study.runner import Study
-from keras_autopruner.study.cli import config_from_args, main, parse_args
+from keras_autopruner.study.cli import (config_from_flags, define_flags,
+                                        parse_flags, run_from_flags)
 
 __all__ = [
     "IMAGE_MODELS", "METHOD_LABELS", "METHODS", "PRESETS", "RUNNERS",
-    "Study", "StudyConfig", "StudyData", "config_from_args", "findings",
-    "load_study_data", "main", "make_config", "markdown_table",
-    "measure_latencies", "parse_args", "plot_accuracy_vs_flops",
-    "plot_kept_profile", "results_frame", "run_key", "run_magnitude",
-    "runs_frame", "write_report",
+    "Study", "StudyConfig", "StudyData", "config_from_flags",
+    "define_flags", "findings", "load_study_data", "make_config",
+    "markdown_table", "measure_latencies", "parse_flags",
+    "plot_accuracy_vs_flops", "plot_kept_profile", "results_frame",
+    "run_from_flags", "run_key", "run_magnitude", "runs_frame",
+    "write_report",
 ]

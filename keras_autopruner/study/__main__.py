@@ -1,7 +1,10 @@
-"""`python -m keras_autopruner.study`: see `keras_autopruner.study.cli`."""
+"""Compare AutoPruner with a full model, its widths trained from scratch
+and a uniformly narrowed model of equal cost (optionally magnitude pruning).
 
-import sys
+Usage: python -m keras_autopruner.study --preset=demo [--flag=value ...]
+Flags left out keep the preset's values; `--helpfull` lists every flag.
+"""
 
-from keras_autopruner.study.cli import main
+from keras_autopruner.study.cli import run_app
 
-sys.exit(main())
+run_app()
