@@ -37,8 +37,8 @@ import time
 # Settings of `--smoke`: every stage runs, on random mock images, with the
 # network narrowed 16x so that a CPU gets through it in seconds.
 SMOKE = dict(image_size=32, batch_size=8, width_multiplier=1 / 16,
-             full_epochs=1, prune_epochs=3, finetune_epochs=1, step_every=1,
-             pretrained="none", mock_examples=16)
+             full_epochs=1, prune_epochs=40, finetune_epochs=1, step_every=1,
+             pretrained="none", mock_examples=64)
 
 
 def run(out="runs/vgg16_cub", dataset="caltech_birds2011", data_dir=None,

@@ -217,28 +217,3 @@ def test_main_prints_the_table(tiny_study, capsys):
     assert "| method | rate | seeds | accuracy %" in printed
     assert "done before, reusing scratch_r0.5_s0.json" in printed
     assert "accuracy_vs_flops.png" in printed
-
-
-def test_tfds_data_under_mock():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    config = study.make_config("tiny", dataset="caltech_birds2011",
-                               image_size=32, batch_size=4,
-                               train_examples=8, test_examples=4)
-    with tfds.testing.mock_data(
-            num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        data = study.load_study_data(config)
-        assert data.input_shape == (32, 32, 3)
-        assert data.num_classes == 200
-        (train,), kwargs = data.fit_args(seed=0, batch_size=4)
-        assert kwargs == {"shuffle": False}
-        images, labels = next(iter(train))
-        assert images.shape == (4, 32, 32, 3) and labels.shape == (4,)
-        (test,), _ = data.eval_args(batch_size=4)
-        images, _ = next(iter(test))
-        assert images.shape == (4, 32, 32, 3)
-
-
-def test_runners_table_lists_every_method_in_run_order():
-    assert tuple(study.RUNNERS) == study.METHODS
-    assert study.METHODS[:2] == ("full", "autopruner")
-    assert all(callable(f) for f in study.RUNNERS.values())

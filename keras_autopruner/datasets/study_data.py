@@ -6,15 +6,29 @@
 pipelines for `tensorflow_datasets` image sets.
 """
 
+import math
+
 
 class StudyData:
     """The train and test data of a study, as NumPy arrays or tf.data.
 
-    Attributes:
+    Args:
         name: a label for reports.
         input_shape: shape of one example.
         num_classes: number of classes.
+        train: `(x, y)` arrays, or a function `seed -> tf.data.Dataset` of
+            `(images, labels)` batches.
+        test: `(x, y)` arrays, or a function `() -> tf.data.Dataset`.
         train_size: number of training examples (None if unknown).
+
+    Example:
+
+    >>> import numpy as np
+    >>> x, y = np.zeros((10, 4, 4, 1), "float32"), np.zeros(10, "int64")
+    >>> data = StudyData("zeros", (4, 4, 1), 2, (x, y), (x, y),
+    ...                  train_size=10)
+    >>> data.steps_per_epoch(batch_size=4)
+    3
     """
 
     def __init__(self, name, input_shape, num_classes, train, test,
@@ -25,14 +39,31 @@ class StudyData:
         self._train = train
         self._test = test
         self.train_size = train_size
+        self._steps = None
 
     def steps_per_epoch(self, batch_size):
-        """Optimizer steps in one epoch of the training data."""
-        import math
+        """Optimizer steps in one epoch of the training data.
 
-        if self.train_size is None:
-            return 100
-        return max(1, math.ceil(self.train_size / batch_size))
+        For arrays: `ceil(train_size / batch_size)`. For a `tf.data`
+        pipeline (already batched): its number of batches, from its
+        cardinality or, when that is unknown, by going through it once.
+
+        Args:
+            batch_size: examples per step (arrays only).
+
+        Returns:
+            A positive int.
+
+        Raises:
+            ValueError: the pipeline repeats forever or holds no batch.
+        """
+        if not callable(self._train):
+            size = len(self._train[0]) if self.train_size is None else (
+                self.train_size)
+            return max(1, math.ceil(size / batch_size))
+        if self._steps is None:
+            self._steps = count_batches(self._train(0), self.name)
+        return self._steps
 
     def fit_args(self, seed, batch_size):
         """Positional args and kwargs for `fit` on the training data."""
@@ -48,6 +79,34 @@ class StudyData:
             return (self._test(),), {}
         x, y = self._test
         return (x, y), {"batch_size": batch_size}
+
+
+def count_batches(dataset, name="the training data"):
+    """The number of batches in one pass over a finite `tf.data.Dataset`.
+
+    Uses the dataset's cardinality when TensorFlow knows it, and otherwise
+    iterates over the dataset once.
+
+    Raises:
+        ValueError: the dataset is infinite (e.g. ends in `.repeat()`) or
+            empty.
+    """
+    import tensorflow as tf
+
+    steps = int(dataset.cardinality())
+    if steps == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            f"{name} repeats forever, so an epoch has no length. Pass a "
+            "finite dataset (drop the .repeat()): the study counts pruning "
+            "in epochs of optimizer steps."
+        )
+    if steps == tf.data.UNKNOWN_CARDINALITY:
+        steps = int(dataset.reduce(0, lambda count, _: count + 1))
+    if steps < 1:
+        raise ValueError(
+            f"{name} holds no batch; check the split and train_examples."
+        )
+    return steps
 
 
 def load_study_data(config):
