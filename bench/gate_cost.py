@@ -13,13 +13,13 @@ the plain model.
     .venv/bin/python bench/gate_cost.py
 """
 
-import argparse
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -51,34 +51,47 @@ def step_time(model, size, batch, repeats):
     return float(np.median(times))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--param-size", type=int, default=224)
-    p.add_argument("--time-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args()
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_integer("param_image_size", 224,
+                         "input side at which gate parameters are counted",
+                         flag_values=fv)
+    flags.DEFINE_integer("image_size", 64,
+                         "input side at which steps are timed",
+                         flag_values=fv)
+    flags.DEFINE_integer("batch_size", 8, "batch size of the timed steps",
+                         flag_values=fv)
+    flags.DEFINE_integer("rounds", 10, "timed training steps per model",
+                         flag_values=fv)
 
-    base = count_params(vgg16(args.param_size))
-    print(f"VGG16 at {args.param_size}x{args.param_size}, 200 classes: "
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = flags.FLAGS
+
+    base = count_params(vgg16(args.param_image_size))
+    size = args.param_image_size
+    print(f"VGG16 at {size}x{size}, 200 classes: "
           f"{base:,} parameters")
     print("| gate | gate parameters | x VGG16's |")
     print("|---|---|---|")
     for pooling in ("avg", "max"):
-        n = gate_params(args.param_size, pooling)
+        n = gate_params(args.param_image_size, pooling)
         print(f"| {pooling} | {n:,} | {n / base:.3f} |")
         keras.backend.clear_session()
 
-    print(f"\ntraining step at {args.time_size}x{args.time_size}, batch "
-          f"{args.batch}, median of {args.repeats} (CPU threads: "
+    print(f"\ntraining step at {args.image_size}x{args.image_size}, batch "
+          f"{args.batch_size}, median of {args.rounds} (CPU threads: "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'auto'})")
-    plain = step_time(vgg16(args.time_size), args.time_size, args.batch,
-                      args.repeats)
+    plain = step_time(vgg16(args.image_size), args.image_size, args.batch_size,
+                      args.rounds)
     rows = [("plain VGG16", plain)]
     for pooling in ("avg", "max"):
-        gated = kap.add_gates(vgg16(args.time_size), 0.5, pooling=pooling)
+        gated = kap.add_gates(vgg16(args.image_size), 0.5, pooling=pooling)
         rows.append((f"gated, {pooling}",
-                     step_time(gated, args.time_size, args.batch, args.repeats)))
+                     step_time(gated, args.image_size, args.batch_size,
+                               args.rounds)))
     print("| model | step (ms) | x plain |")
     print("|---|---|---|")
     for name, t in rows:
@@ -86,4 +99,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

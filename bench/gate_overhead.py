@@ -9,10 +9,9 @@ rounds, one step of each per round in a random order, so that load on the
 machine hits all of them alike. Printed: median step time and the ratio to
 the plain model.
 
-    .venv/bin/python bench/gate_overhead.py [--batch 64] [--rounds 200]
+    .venv/bin/python bench/gate_overhead.py [--batch_size=64] [--rounds=200]
 """
 
-import argparse
 import os
 import random
 import time
@@ -20,6 +19,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_autopruner as kap  # noqa: E402
@@ -33,17 +33,25 @@ def compiled(model):
     return model
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
-    args = p.parse_args()
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_integer("batch_size", 64, "batch size of the timed steps",
+                         flag_values=fv)
+    flags.DEFINE_integer("rounds", 200, "timed rounds (one step per model)",
+                         flag_values=fv)
+    flags.DEFINE_integer("warmup", 20, "untimed rounds first",
+                         flag_values=fv)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = flags.FLAGS
 
     keras.utils.set_random_seed(0)
     rng = np.random.RandomState(0)
-    x = rng.rand(args.batch, 28, 28, 1).astype("float32")
-    y = rng.randint(0, 10, args.batch)
+    x = rng.rand(args.batch_size, 28, 28, 1).astype("float32")
+    y = rng.randint(0, 10, args.batch_size)
 
     plain = compiled(models.vgg_small())
     pushing = kap.add_gates(models.vgg_small(), 0.5)
@@ -69,7 +77,8 @@ def main():
             runs[name].train_on_batch(x, y)
             times[name].append(time.perf_counter() - start)
     base = float(np.median(times["plain"]))
-    print(f"vgg_small 28x28x1, batch {args.batch}, median of {args.rounds} "
+    print(f"vgg_small 28x28x1, batch {args.batch_size}, median of "
+          f"{args.rounds} "
           "interleaved rounds")
     print("| model | step (ms) | x plain |")
     print("|---|---|---|")
@@ -79,4 +88,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

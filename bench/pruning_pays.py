@@ -16,25 +16,32 @@ the gates' own hard masks, the stripped model's MAC share, layers held at
 `min_units`, and the accuracies; then the issue's goals, each with the
 measured figure.
 
-    .venv/bin/python bench/pruning_pays.py [--out runs/study_demo]
+    .venv/bin/python bench/pruning_pays.py [--out=runs/study_demo]
 """
 
-import argparse
 import os
 import statistics
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
 
 from keras_autopruner import study as study_lib  # noqa: E402
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="demo", choices=sorted(study_lib.PRESETS))
-    p.add_argument("--out", default=None,
-                   help="study folder (default runs/study_<preset>)")
-    args = p.parse_args(argv)
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_enum("preset", "demo", sorted(study_lib.PRESETS),
+                      "the study's settings", flag_values=fv)
+    flags.DEFINE_string("out", None,
+                        "study folder (default runs/study_<preset>)",
+                        flag_values=fv)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = flags.FLAGS
     out = args.out or os.path.join("runs", f"study_{args.preset}")
     config = study_lib.make_config(
         args.preset, methods=("full", "autopruner", "uniform", "scratch"))
@@ -92,4 +99,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

@@ -11,7 +11,7 @@ fraction is within 0.02 of the target with binary codes. Runs:
   that step vs controller isolates lambda;
 - `step_clock`: the study's setting, `StepLambda()` with alpha sharpening on
   a clock from epoch 0 (`AlphaSchedule(release=None)`), capped at
-  `--clock-max-epochs`;
+  `--clock_prune_epochs`;
 - `fastest`: lambda = 1e4 from epoch 0 with our alpha: no lambda schedule
   pushes harder, so its epochs are a floor for any lambda schedule on this
   task (the gates move at most one Adam step per batch).
@@ -19,24 +19,24 @@ fraction is within 0.02 of the target with binary codes. Runs:
 Printed for each: epochs until done, final test accuracy of the pruned
 (hard-mask) network, the ratios, and (since runs that stop early have
 trained less) the test accuracy after fine-tuning each finished run's
-stripped network up to `--equal-epochs` epochs in all. Goal: the controller needs at most a
+stripped network up to `--equal_epochs` epochs in all. Goal: the controller needs at most a
 quarter of the step schedule's epochs, with accuracy no worse by more than
 one point.
 
-    .venv/bin/python bench/schedule_comparison.py            # Debian files if installed
-    .venv/bin/python bench/schedule_comparison.py --data embedded
-    .venv/bin/python bench/schedule_comparison.py --runs step,controller
+    .venv/bin/python bench/schedule_comparison.py  # Debian files if there
+    .venv/bin/python bench/schedule_comparison.py --data_path=embedded
+    .venv/bin/python bench/schedule_comparison.py --runs=step,controller
 """
 
-import argparse
-import math
 import json
+import math
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_autopruner as kap  # noqa: E402
@@ -121,33 +121,42 @@ def prune(full_weights, schedule, alpha, data, args, max_epochs):
     }
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="auto",
-                   help="'auto' (Debian files if installed, else embedded), "
-                        "'embedded', or a path to the IDX directory / .npz")
-    p.add_argument("--train-size", type=int, default=10000)
-    p.add_argument("--pretrain-epochs", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rate", type=float, default=0.5)
-    p.add_argument("--clock-max-epochs", type=int, default=60,
-                   help="cap for the step_clock run, which may never finish")
-    p.add_argument("--equal-epochs", type=int, default=60,
-                   help="fine-tune each finished run's stripped network up to "
-                        "this many epochs in all and report that accuracy too "
-                        "(0: skip)")
-    p.add_argument("--runs", default="step,controller,step_clock,fastest",
-                   help="comma-separated subset of: " + ",".join(runs(1)))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write results here")
-    args = p.parse_args()
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    kw = {"flag_values": fv}
+    flags.DEFINE_string("data_path", "auto",
+                        "'auto' (Debian files if installed, else embedded), "
+                        "'embedded', or a path to the IDX directory / .npz",
+                        **kw)
+    flags.DEFINE_integer("train_examples", 10000,
+                         "training images (a random draw)", **kw)
+    flags.DEFINE_integer("full_epochs", 5, "epochs of the full model", **kw)
+    flags.DEFINE_integer("prune_epochs", 150, "most epochs of pruning", **kw)
+    flags.DEFINE_integer("batch_size", 128, "training batch size", **kw)
+    flags.DEFINE_float("rate", 0.5, "target kept fraction", **kw)
+    flags.DEFINE_integer("clock_prune_epochs", 60,
+                         "most epochs of pruning for the step_clock run, "
+                         "which may never finish", **kw)
+    flags.DEFINE_integer("equal_epochs", 60,
+                         "fine-tune each finished run's stripped network up "
+                         "to this many epochs in all and report that "
+                         "accuracy too (0: skip)", **kw)
+    flags.DEFINE_list("runs", ["step", "controller", "step_clock", "fastest"],
+                      "subset of: " + ",".join(runs(1)), **kw)
+    flags.DEFINE_integer("seed", 0, "random seed", **kw)
+    flags.DEFINE_string("json", None, "also write the results to this file",
+                        **kw)
 
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = flags.FLAGS
     path = {"auto": default_fashion_mnist_path(), "embedded": None}.get(
-        args.data, args.data)
+        args.data_path, args.data_path)
     (x, y), (xt, yt) = load_fashion_mnist(path)
     rng = np.random.RandomState(args.seed)
-    idx = rng.permutation(len(x))[: args.train_size]
+    idx = rng.permutation(len(x))[: args.train_examples]
     x = (x[idx, ..., None] / 255.0).astype("float32")
     y = y[idx]
     xt = (xt[..., None] / 255.0).astype("float32")
@@ -156,21 +165,23 @@ def main():
 
     keras.utils.set_random_seed(args.seed)
     full = compile_model(small_vgg())
-    full.fit(x, y, batch_size=args.batch_size, epochs=args.pretrain_epochs,
+    full.fit(x, y, batch_size=args.batch_size, epochs=args.full_epochs,
              verbose=0)
     _, full_acc = full.evaluate(xt, yt, verbose=0)
-    print(f"full model after {args.pretrain_epochs} epochs: "
+    print(f"full model after {args.full_epochs} epochs: "
           f"test accuracy {full_acc:.4f}")
 
-    wanted = [r for r in args.runs.split(",") if r]
+    wanted = [r for r in args.runs if r]
     table = runs(math.ceil(len(x) / args.batch_size))
     unknown = sorted(set(wanted) - set(table))
     if unknown:
-        p.error(f"unknown runs {unknown}; choose from {sorted(table)}")
+        raise app.UsageError(
+            f"unknown runs {unknown}; choose from {sorted(table)}")
     results = {}
     for name in wanted:
         schedule, alpha = table[name]
-        cap = args.clock_max_epochs if name == "step_clock" else args.max_epochs
+        cap = (args.clock_prune_epochs if name == "step_clock"
+               else args.prune_epochs)
         r = prune(full.get_weights(), schedule, alpha, ((x, y), (xt, yt)),
                   args, cap)
         results[name] = r
@@ -217,8 +228,9 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"full_accuracy": full_acc, "results": results,
-                       "args": vars(args)}, f, indent=1)
+                       "flags": args.flag_values_dict()}, f, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

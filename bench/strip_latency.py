@@ -12,11 +12,10 @@ ratio, and the speed-up as a share of the FLOP ratio.
 Usage (`make bench BENCH=strip_latency`, or from a checkout):
 
     PYTHONPATH=. .venv/bin/python bench/strip_latency.py
-    PYTHONPATH=. .venv/bin/python bench/strip_latency.py --rounds 300 40 \\
-        --keep 0.5
+    PYTHONPATH=. .venv/bin/python bench/strip_latency.py --rounds=300 \\
+        --rounds_batch64=40 --rate=0.5
 """
 
-import argparse
 import os
 import platform
 import statistics
@@ -26,8 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-tf.config.set_visible_devices([], "GPU")  # The benchmark is about the CPU.
+from absl import app, flags  # noqa: E402
 
 import keras  # noqa: E402
 
@@ -103,20 +101,27 @@ def timed_calls(models, batch, rounds, warmup=5):
     return [statistics.median(t) for t in times]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--keep", type=float, default=0.5,
-                        help="fraction of filters each gate keeps")
-    parser.add_argument("--rounds", type=int, nargs=2, default=(300, 40),
-                        metavar=("B1", "B64"),
-                        help="timed rounds at batch 1 and at batch 64")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_float("rate", 0.5, "fraction of filters each gate keeps",
+                       flag_values=fv)
+    flags.DEFINE_integer("rounds", 300, "timed rounds at batch 1",
+                         flag_values=fv)
+    flags.DEFINE_integer("rounds_batch64", 40, "timed rounds at batch 64",
+                         flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    tf.config.set_visible_devices([], "GPU")  # The benchmark is about the CPU.
+    args = flags.FLAGS
 
     keras.utils.set_random_seed(args.seed)
     full = vgg16()
-    gated = kap.add_gates(full, args.keep)
-    half_masks(gated, args.keep, args.seed)
+    gated = kap.add_gates(full, args.rate)
+    half_masks(gated, args.rate, args.seed)
     compact = kap.strip(gated)
     roof = ceiling(widths_of(compact))
     assert widths_of(roof) == widths_of(compact)
@@ -130,7 +135,7 @@ def main():
     print(f"load average at start {os.getloadavg()[0]:.1f} (other processes "
           "on this machine slow every model alike; the models are timed in "
           "turns)")
-    print(f"VGG16 32x32, 10 classes; each gate keeps {args.keep:.0%} of its "
+    print(f"VGG16 32x32, 10 classes; each gate keeps {args.rate:.0%} of its "
           "filters")
     print(f"MACs   full {flops[0]:,}  stripped {flops[1]:,}  ceiling "
           f"{flops[2]:,}  (FLOP ratio x{flop_ratio:.2f})")
@@ -141,7 +146,7 @@ def main():
               f"{'ceiling ms':>10}  {'speed-up':>8}  {'FLOP ratio':>10}  "
               f"{'speed-up/FLOP':>13}  {'stripped/ceiling':>16}")
     print(header)
-    for batch, rounds in zip((1, 64), args.rounds):
+    for batch, rounds in zip((1, 64), (args.rounds, args.rounds_batch64)):
         t_full, t_compact, t_roof = timed_calls(
             [full, compact, roof], batch, rounds)
         speedup = t_full / t_compact
@@ -152,4 +157,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

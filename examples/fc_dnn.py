@@ -10,7 +10,7 @@ package (16 features, 26 classes, no download). Point `--data` at your own
 CSV (or `.npz`/`.npy`) and name the label column with `--label`, e.g. a
 jet-tagging table:
 
-    python examples/fc_dnn.py --data jets.csv.gz --label flavour
+    python examples/fc_dnn.py --data_path=jets.csv.gz --label=flavour
 
 The script trains the full network, prunes it, strips it, fine-tunes it and
 prints, per layer, the neurons the gate kept, the neurons `strip` kept, and
@@ -26,16 +26,17 @@ import sys
 import time
 
 
-def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
+def run(data_path=None, label=None, out="runs/fc_dnn", rate=0.5,
         objective="global", min_units=1, on_collapse="keep_best",
-        train_examples=None, test_examples=None, epochs=10, prune_epochs=30,
+        train_examples=None, test_examples=None, full_epochs=10,
+        prune_epochs=30,
         finetune_epochs=5, batch_size=256, learning_rate=1e-3, seed=0,
         verbose=1, export=True):
     """Train, prune, strip and fine-tune `fc_dnn`; write and return a report.
 
     Args:
-        data: a CSV/`.npz`/`.npy` file (see `load_tabular`), or None for the
-            shipped Letter Recognition table.
+        data_path: a CSV/`.npz`/`.npy` file (see `load_tabular`), or None
+            for the shipped Letter Recognition table.
         label: the label column (name for CSV, index for `.npy`).
         out: output folder.
         rate: target kept fraction of neurons.
@@ -46,7 +47,7 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
             `"raise"`.
         train_examples: use only the first this many training rows.
         test_examples: use only the first this many test rows.
-        epochs: epochs for the full network.
+        full_epochs: epochs for the full network.
         prune_epochs: most epochs of pruning.
         finetune_epochs: epochs of fine-tuning after `strip`.
         batch_size: batch size.
@@ -68,7 +69,8 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
     start = time.time()
     os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    (x, y), (xt, yt), class_names = load_tabular(data, label=label, seed=seed)
+    (x, y), (xt, yt), class_names = load_tabular(data_path, label=label,
+                                               seed=seed)
     x, y = x[:train_examples], y[:train_examples]
     xt, yt = xt[:test_examples], yt[:test_examples]
     say = print if verbose else (lambda *a, **k: None)
@@ -91,8 +93,8 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
 
     full = models.fc_dnn(input_dim=x.shape[1], num_classes=len(class_names))
     compile_(full)
-    say(f"[fc_dnn] training the full network ({epochs} epochs)...")
-    fit(full, epochs)
+    say(f"[fc_dnn] training the full network ({full_epochs} epochs)...")
+    fit(full, full_epochs)
     full_acc = accuracy(full)
 
     gated = kap.add_gates(full, target_rate=rate, min_units=min_units)
@@ -138,7 +140,7 @@ def run(data=None, label=None, out="runs/fc_dnn", rate=0.5,
 
     report = compact.pruning_report
     result = {
-        "data": data or "UCI Letter Recognition (shipped)",
+        "data": data_path or "UCI Letter Recognition (shipped)",
         "rate": rate, "objective": objective, "on_collapse": on_collapse,
         "converged": converged, "prune_steps": callback.result["steps"],
         "prune_epochs": len(prune_history.get("loss", [])),
@@ -199,46 +201,59 @@ def _write_layers_csv(rows, path):
 
 
 def main(argv):
-    from absl import flags, logging
+    from absl import app, flags, logging
 
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # TensorFlow's SavedModel writer logs every step at INFO through absl.
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     label = f.label
-    if label is not None and f.data and f.data.lower().endswith(".npy"):
+    if (label is not None and f.data_path
+            and f.data_path.lower().endswith(".npy")):
         label = int(label)
-    run(data=f.data, label=label, out=f.out, rate=f.rate,
+    run(data_path=f.data_path, label=label, out=f.out, rate=f.rate,
         objective=f.objective, min_units=f.min_units,
         on_collapse=f.on_collapse, train_examples=f.train_examples,
-        test_examples=f.test_examples, epochs=f.epochs,
+        test_examples=f.test_examples, full_epochs=f.full_epochs,
         prune_epochs=f.prune_epochs, finetune_epochs=f.finetune_epochs,
         batch_size=f.batch_size, learning_rate=f.learning_rate, seed=f.seed,
-        verbose=f.verbose, export=not f.no_export)
+        verbose=f.verbose, export=f.export)
 
 
-def define_flags():
+def define_flags(fv=None):
+    """Define the example's flags in `fv` (absl's global `FLAGS` if None)."""
     from absl import flags
 
-    flags.DEFINE_string("data", None, "CSV/.npz/.npy table; default: the "
-                        "shipped UCI Letter Recognition data")
-    flags.DEFINE_string("label", None, "label column (index for .npy)")
-    flags.DEFINE_string("out", "runs/fc_dnn", "output folder")
-    flags.DEFINE_float("rate", 0.5, "target kept fraction of neurons")
+    fv = flags.FLAGS if fv is None else fv
+    kw = {"flag_values": fv}
+    flags.DEFINE_string("data_path", None, "CSV/.npz/.npy table; default: "
+                        "the shipped UCI Letter Recognition data", **kw)
+    flags.DEFINE_string("label", None, "label column (index for .npy)", **kw)
+    flags.DEFINE_string("out", "runs/fc_dnn", "output folder", **kw)
+    flags.DEFINE_float("rate", 0.5, "target kept fraction of neurons", **kw)
     flags.DEFINE_enum("objective", "global", ["global", "layer"],
-                      "one budget over all layers, or one per layer")
-    flags.DEFINE_integer("min_units", 1, "fewest neurons a layer may keep")
+                      "one budget over all layers, or one per layer", **kw)
+    flags.DEFINE_integer("min_units", 1, "fewest neurons a layer may keep",
+                         **kw)
     flags.DEFINE_enum("on_collapse", "keep_best", ["keep_best", "raise"],
-                      "what strip does when a gate keeps no neuron")
-    flags.DEFINE_integer("train_examples", None, "use this many train rows")
-    flags.DEFINE_integer("test_examples", None, "use this many test rows")
-    flags.DEFINE_integer("epochs", 10, "epochs for the full network")
-    flags.DEFINE_integer("prune_epochs", 30, "most epochs of pruning")
-    flags.DEFINE_integer("finetune_epochs", 5, "fine-tuning epochs")
-    flags.DEFINE_integer("batch_size", 256, "batch size")
-    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate")
-    flags.DEFINE_integer("seed", 0, "random seed")
-    flags.DEFINE_integer("verbose", 1, "0, 1 or 2")
-    flags.DEFINE_bool("no_export", False, "skip the SavedModel export")
+                      "what strip does when a gate keeps no neuron", **kw)
+    flags.DEFINE_integer("train_examples", None,
+                         "use only the first this many training rows", **kw)
+    flags.DEFINE_integer("test_examples", None,
+                         "use only the first this many test rows", **kw)
+    flags.DEFINE_integer("full_epochs", 10, "epochs of the full network",
+                         **kw)
+    flags.DEFINE_integer("prune_epochs", 30, "most epochs of pruning", **kw)
+    flags.DEFINE_integer("finetune_epochs", 5,
+                         "epochs of fine-tuning after strip", **kw)
+    flags.DEFINE_integer("batch_size", 256, "training batch size", **kw)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate", **kw)
+    flags.DEFINE_integer("seed", 0, "random seed", **kw)
+    flags.DEFINE_integer("verbose", 1, "0 silent, 1 a line per epoch, "
+                         "2 Keras progress bars", **kw)
+    flags.DEFINE_bool("export", True,
+                      "write the compact SavedModel (--noexport: skip)", **kw)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ import time
 # Settings of `--smoke`: every stage runs, on random mock images, with the
 # network narrowed 16x so that a CPU gets through it in seconds.
 SMOKE = dict(image_size=32, batch_size=8, width_multiplier=1 / 16,
-             full_epochs=1, prune_epochs=3, finetune_epochs=1, step_every=1,
-             pretrained="none", mock_examples=16)
+             full_epochs=1, prune_epochs=40, finetune_epochs=1, step_every=1,
+             pretrained="none", mock_examples=64)
 
 
 def run(out="runs/vgg16_cub", dataset="caltech_birds2011", data_dir=None,
@@ -377,39 +377,51 @@ def _read_json(path):
         return json.load(f)
 
 
-def define_flags():
+def define_flags(fv=None):
+    """Define the example's flags in `fv` (absl's global `FLAGS` if None)."""
     from absl import flags
 
-    flags.DEFINE_string("out", "runs/vgg16_cub", "output folder")
-    flags.DEFINE_string("dataset", "caltech_birds2011", "tfds data set")
-    flags.DEFINE_string("data_dir", None, "tfds data directory")
-    flags.DEFINE_integer("image_size", 224, "input side in pixels")
-    flags.DEFINE_integer("batch_size", 32, "batch size")
-    flags.DEFINE_list("rates", ["0.5"], "target kept fractions")
+    kw = {"flag_values": flags.FLAGS if fv is None else fv}
+    flags.DEFINE_string("out", "runs/vgg16_cub", "output folder", **kw)
+    flags.DEFINE_string("dataset", "caltech_birds2011", "tfds data set", **kw)
+    flags.DEFINE_string("data_dir", None, "tfds data directory", **kw)
+    flags.DEFINE_integer("image_size", 224, "input side in pixels", **kw)
+    flags.DEFINE_integer("batch_size", 32, "training batch size", **kw)
+    flags.DEFINE_list("rates", ["0.5"], "target kept fractions, e.g. 0.5,0.4",
+                      **kw)
     flags.DEFINE_enum("schedule", "step", ["step", "controller"],
-                      "lambda schedule: published step or adaptive")
-    flags.DEFINE_integer("step_every", 20, "epochs per x10 lambda step")
-    flags.DEFINE_integer("full_epochs", 30, "epochs for the full model")
-    flags.DEFINE_string("full_model", None, "start from this .keras model")
-    flags.DEFINE_integer("prune_epochs", 60, "most pruning epochs per rate")
-    flags.DEFINE_integer("finetune_epochs", 30, "fine-tuning epochs")
-    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "optimizer")
-    flags.DEFINE_float("learning_rate", 1e-3, "learning rate")
+                      "lambda schedule: published step or adaptive", **kw)
+    flags.DEFINE_integer("step_every", 20, "epochs per x10 lambda step", **kw)
+    flags.DEFINE_integer("full_epochs", 30, "epochs of the full model", **kw)
+    flags.DEFINE_string("full_model", None, "start from this .keras model",
+                        **kw)
+    flags.DEFINE_integer("prune_epochs", 60, "most epochs of pruning per rate",
+                         **kw)
+    flags.DEFINE_integer("finetune_epochs", 30,
+                         "epochs of fine-tuning after strip", **kw)
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "optimizer", **kw)
+    flags.DEFINE_float("learning_rate", 1e-3, "learning rate", **kw)
     flags.DEFINE_string("pretrained", "auto",
-                        "auto, none, imagenet or a notop .h5 path")
-    flags.DEFINE_float("width_multiplier", 1.0, "scale all widths")
-    flags.DEFINE_bool("batchnorm", False, "batch norm after each conv")
-    flags.DEFINE_float("dropout", 0.5, "dropout in the dense block")
-    flags.DEFINE_integer("train_examples", None, "use this many train images")
-    flags.DEFINE_integer("test_examples", None, "use this many test images")
-    flags.DEFINE_integer("seed", 0, "random seed")
-    flags.DEFINE_integer("verbose", 1, "0, 1 or 2")
-    flags.DEFINE_bool("smoke", False, "every stage in seconds on mock data")
+                        "auto, none, imagenet or a notop .h5 path", **kw)
+    flags.DEFINE_float("width_multiplier", 1.0, "scale all widths", **kw)
+    flags.DEFINE_bool("batchnorm", False, "batch norm after each conv", **kw)
+    flags.DEFINE_float("dropout", 0.5, "dropout in the dense block", **kw)
+    flags.DEFINE_integer("train_examples", None,
+                         "use only the first this many training images", **kw)
+    flags.DEFINE_integer("test_examples", None,
+                         "use only the first this many test images", **kw)
+    flags.DEFINE_integer("seed", 0, "random seed", **kw)
+    flags.DEFINE_integer("verbose", 1, "0 quiet, 1 a line per epoch, "
+                         "2 Keras progress bars", **kw)
+    flags.DEFINE_bool("smoke", False, "every stage in seconds on mock data",
+                      **kw)
 
 
 def main(argv):
-    from absl import flags, logging
+    from absl import app, flags, logging
 
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # TensorFlow's SavedModel writer logs every step at INFO through absl.
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS

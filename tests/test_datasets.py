@@ -53,7 +53,7 @@ def test_embedded_subset_shapes_and_balance():
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_directory(tmp_path, gz):
     arrays = fake_fashion_arrays()
-    for key, stem in datasets._FASHION_MNIST_FILES.items():
+    for key, stem in datasets.fashion_mnist._FASHION_MNIST_FILES.items():
         write_idx(tmp_path / (stem + (".gz" if gz else "")), arrays[key])
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist(tmp_path)
     np.testing.assert_array_equal(x_train, arrays["x_train"])
@@ -94,9 +94,20 @@ def test_fashion_mnist_errors(tmp_path):
         load_fashion_mnist(tmp_path / "bad.npz")
 
 
-def test_default_fashion_mnist_path_is_dir_or_none():
+def test_default_fashion_mnist_path_finds_debians_folder(tmp_path,
+                                                        monkeypatch):
+    module = datasets.fashion_mnist
+    arrays = fake_fashion_arrays(2)
+    for key, stem in module._FASHION_MNIST_FILES.items():
+        write_idx(tmp_path / (stem + ".gz"), arrays[key])
+    monkeypatch.setattr(module, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path))
     path = datasets.default_fashion_mnist_path()
-    assert path is None or os.path.isdir(path)
+    assert path == str(tmp_path)
+    (x_train, _), _ = load_fashion_mnist(path)
+    np.testing.assert_array_equal(x_train, arrays["x_train"])
+    monkeypatch.setattr(module, "DEBIAN_FASHION_MNIST_DIR",
+                        str(tmp_path / "not_installed"))
+    assert datasets.default_fashion_mnist_path() is None
 
 
 def test_tabular_embedded_letters():
@@ -200,7 +211,7 @@ def test_shipped_data_files_exist():
 
 @pytest.fixture(scope="module")
 def tfds_mock():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(
         num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE
     ):
@@ -256,3 +267,66 @@ def test_tfds_argument_errors(tfds_mock):
         load_tfds_images("fashion_mnist", "test", 8, 2, False, channels=2)
     with pytest.raises(ValueError, match="normalization"):
         load_tfds_images("fashion_mnist", "test", 8, 2, False, normalization="z")
+
+
+@pytest.mark.parametrize("module", ["fashion_mnist", "tabular",
+                                    "study_data"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"keras_autopruner.datasets.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_study_data_from_tfds_counts_its_steps(tfds_mock):
+    from keras_autopruner import study
+
+    config = study.make_config("tiny", dataset="caltech_birds2011",
+                               image_size=32, batch_size=4,
+                               train_examples=5, test_examples=4)
+    data = datasets.load_study_data(config)
+    assert data.input_shape == (32, 32, 3)
+    assert data.num_classes == 200
+    # 5 examples in batches of 4: a full batch and a remainder.
+    assert data.steps_per_epoch(config.batch_size) == 2
+    (train,), kwargs = data.fit_args(seed=0, batch_size=4)
+    assert kwargs == {"shuffle": False}
+    images, labels = next(iter(train))
+    assert images.shape == (4, 32, 32, 3) and labels.shape == (4,)
+    assert sum(1 for _ in train) == 2
+    (test,), _ = data.eval_args(batch_size=4)
+    images, _ = next(iter(test))
+    assert images.shape == (4, 32, 32, 3)
+
+
+def test_study_data_steps_per_epoch():
+    import tensorflow as tf
+
+    x, y = np.zeros((100, 2), "float32"), np.zeros(100, "int64")
+    arrays = datasets.StudyData("arrays", (2,), 2, (x, y), (x, y),
+                                train_size=100)
+    assert arrays.steps_per_epoch(32) == 4
+    assert arrays.steps_per_epoch(100) == 1
+
+    def unknown_length(seed):
+        # filter hides the length from tf.data: 5 kept, batches of 2.
+        return tf.data.Dataset.range(10).filter(
+            lambda v: v % 2 == 0).batch(2)
+
+    assert int(unknown_length(0).cardinality()) == (
+        tf.data.UNKNOWN_CARDINALITY)
+    piped = datasets.StudyData("pipe", (), 2, unknown_length, lambda: None)
+    assert piped.steps_per_epoch(batch_size=999) == 3
+
+    forever = datasets.StudyData(
+        "forever", (), 2, lambda seed: tf.data.Dataset.range(3).repeat(),
+        lambda: None)
+    with pytest.raises(ValueError, match="repeats forever"):
+        forever.steps_per_epoch(batch_size=1)
+    empty = datasets.StudyData(
+        "empty", (), 2, lambda seed: tf.data.Dataset.range(0).batch(2),
+        lambda: None)
+    with pytest.raises(ValueError, match="no batch"):
+        empty.steps_per_epoch(batch_size=1)

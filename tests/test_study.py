@@ -152,9 +152,9 @@ def test_make_config_validates():
 
 
 def test_flags_make_the_config():
-    config, out = study.config_from_args(study.parse_args(
-        ["--preset", "demo", "--rates", "0.4,0.6", "--seeds", "1,2",
-         "--magnitude", "--prune_epochs", "7"]))
+    config, out = study.config_from_flags(study.parse_flags(
+        ["--preset=demo", "--rates=0.4,0.6", "--seeds=1,2", "--magnitude",
+         "--prune_epochs=7"]))
     assert out == os.path.join("runs", "study_demo")
     assert config.rates == (0.4, 0.6) and config.seeds == (1, 2)
     assert config.methods == ("full", "autopruner", "uniform", "magnitude")
@@ -210,28 +210,21 @@ def test_write_report_without_training(tmp_path):
 
 def test_main_prints_the_table(tiny_study, capsys):
     out, _, _, _, _ = tiny_study
-    assert study.main(["--preset", "tiny", "--out", out, "--verbose", "0",
-                       "--no_export", "--latency_runs", "2"]) == 0
+    assert study.run_from_flags(study.parse_flags(
+        ["--preset=tiny", f"--out={out}", "--verbose=0", "--noexport",
+         "--latency_runs=2"])) == 0
     printed = capsys.readouterr().out
     assert "| method | rate | seeds | accuracy %" in printed
     assert "done before, reusing scratch_r0.5_s0.json" in printed
     assert "accuracy_vs_flops.png" in printed
 
 
-def test_tfds_data_under_mock():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    config = study.make_config("tiny", dataset="caltech_birds2011",
-                               image_size=32, batch_size=4,
-                               train_examples=8, test_examples=4)
-    with tfds.testing.mock_data(
-            num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        data = study.load_study_data(config)
-        assert data.input_shape == (32, 32, 3)
-        assert data.num_classes == 200
-        (train,), kwargs = data.fit_args(seed=0, batch_size=4)
-        assert kwargs == {"shuffle": False}
-        images, labels = next(iter(train))
-        assert images.shape == (4, 32, 32, 3) and labels.shape == (4,)
-        (test,), _ = data.eval_args(batch_size=4)
-        images, _ = next(iter(test))
-        assert images.shape == (4, 32, 32, 3)
+@pytest.mark.parametrize("module", ["keras_autopruner.study",
+                                    "keras_autopruner.study.config",
+                                    "keras_autopruner.study.cli"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

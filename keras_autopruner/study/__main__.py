@@ -1,0 +1,10 @@
+"""Compare AutoPruner with a full model, its widths trained from scratch
+and a uniformly narrowed model of equal cost (optionally magnitude pruning).
+
+Usage: python -m keras_autopruner.study --preset=demo [--flag=value ...]
+Flags left out keep the preset's values; `--helpfull` lists every flag.
+"""
+
+from keras_autopruner.study.cli import run_app
+
+run_app()

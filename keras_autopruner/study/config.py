@@ -1,0 +1,165 @@
+"""The study's settings: `StudyConfig`, the presets and run names."""
+
+import dataclasses
+
+# The methods in the order a study runs them: "full" first, then
+# "autopruner", whose results the baselines after it depend on.
+METHODS = ("full", "autopruner", "scratch", "uniform", "magnitude")
+IMAGE_MODELS = ("vgg_small", "vgg16_cub")
+METHOD_LABELS = {
+    "full": "full model",
+    "autopruner": "AutoPruner (pruned + fine-tuned)",
+    "scratch": "AutoPruner's widths, from scratch",
+    "uniform": "uniform width, matched cost",
+    "magnitude": "magnitude pruning (tfmot, unstructured)",
+}
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    """Everything that decides the study's numbers.
+
+    Args:
+        model: an image builder of `keras_autopruner.models`
+            (`"vgg_small"` or `"vgg16_cub"`, which needs 32x32 or larger).
+        dataset: `"fashion_mnist"` (the subset shipped with the package, or
+            the files at `data_path`) or any `tensorflow_datasets` image
+            set name (`"cifar10"`, `"caltech_birds2011"`, ...).
+        widths: `{layer_name: width}` overriding the builder's default
+            widths of the full network (None: the defaults).
+        data_path: Fashion-MNIST directory of IDX files or `.npz`.
+        image_size: side of the images for tfds data sets.
+        train_examples: use only the first this many training examples.
+        test_examples: use only the first this many test examples.
+        rates: target kept fractions.
+        seeds: random seeds; each gives one full model and one run per rate
+            and method.
+        methods: which of `METHODS` to run; `"full"` and `"autopruner"` are
+            always run because the others depend on them.
+        full_epochs: epochs for the full model.
+        prune_epochs: most epochs of AutoPruner's pruning phase.
+        finetune_epochs: epochs of fine-tuning after `strip`.
+        batch_size: training batch size.
+        learning_rate: Adam's learning rate for training and pruning.
+        finetune_learning_rate: Adam's learning rate for the last
+            `finetune_epochs` of every method.
+        schedule: `"controller"` or `"step"` (AutoPrunerCallback schedule).
+        objective: `"layer"` or `"global"` budget.
+        weighting: what the global budget counts: `"flops"` (the rate is
+            the share of MACs the stripped model keeps), `"params"` or
+            `"filters"`.
+        latency_runs: timed batch-1 calls per model.
+        jit_compile: passed to `compile`. Off by default: every stage
+            compiles a new model, and on CPU XLA's compile time for networks
+            this small outweighs what it saves per epoch.
+    """
+
+    model: str = "vgg_small"
+    widths: dict = None
+    dataset: str = "fashion_mnist"
+    data_path: str = None
+    image_size: int = 32
+    train_examples: int = None
+    test_examples: int = None
+    rates: tuple = (0.5, 0.25, 0.12)
+    seeds: tuple = (0, 1, 2)
+    methods: tuple = ("full", "autopruner", "scratch", "uniform")
+    full_epochs: int = 15
+    prune_epochs: int = 8
+    finetune_epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    schedule: str = "controller"
+    objective: str = "global"
+    weighting: str = "flops"
+    latency_runs: int = 200
+    jit_compile: bool = False
+
+    # Fields that may change between runs sharing an output folder: more
+    # rates, seeds or methods extend a study, they do not change its runs.
+    EXTENSIBLE = ("rates", "seeds", "methods", "latency_runs")
+
+    def fingerprint(self):
+        """The fields that must match for two studies to share runs."""
+        d = dataclasses.asdict(self)
+        for key in self.EXTENSIBLE:
+            d.pop(key)
+        return d
+
+
+PRESETS = {
+    # `make demo`: keep 50%, 25% and 12% of the MACs, 2 seeds, on 3,000
+    # images of the shipped Fashion-MNIST subset (all 2,000 test images),
+    # batch 32 (94 optimizer steps an epoch), small enough for a CPU.
+    # Pruning plus fine-tuning (at most 5 + 2 epochs) never
+    # exceed the full model's 7. AutoPruner's widths from scratch are left
+    # to `bench/pruning_pays.py`, which reuses these runs and adds them.
+    "demo": dict(rates=(0.5, 0.25, 0.12), seeds=(0, 1), train_examples=3000,
+                 full_epochs=7, prune_epochs=5, finetune_epochs=2,
+                 methods=("full", "autopruner", "uniform"),
+                 latency_runs=50),
+    # The same study at a quality worth quoting (3 seeds, 10,000 images).
+    "full": dict(rates=(0.5, 0.25, 0.12), seeds=(0, 1, 2), full_epochs=15,
+                 prune_epochs=8, finetune_epochs=5),
+    # Seconds: for tests of the plumbing, not for numbers.
+    "tiny": dict(rates=(0.5,), seeds=(0,), train_examples=512,
+                 test_examples=256, batch_size=32, full_epochs=1,
+                 prune_epochs=4, finetune_epochs=1, latency_runs=5,
+                 widths={"block1_conv1": 4, "block1_conv2": 4,
+                         "block2_conv1": 8, "block2_conv2": 8, "fc1": 16}),
+}
+
+
+def make_config(preset=None, **overrides):
+    """A `StudyConfig` from a preset name and field overrides (None = keep).
+
+    Example:
+
+    >>> config = make_config("demo", seeds=[3])
+    >>> config.seeds, config.full_epochs
+    ((3,), 7)
+    """
+    values = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(
+                f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}."
+            )
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("rates", "seeds", "methods"):
+        if key in values:
+            values[key] = tuple(values[key])
+    config = StudyConfig(**values)
+    if config.model not in IMAGE_MODELS:
+        raise ValueError(
+            f"The study trains image classifiers; model must be one of "
+            f"{IMAGE_MODELS}, got {config.model!r}. For the fully connected "
+            "network, see examples/fc_dnn.py."
+        )
+    unknown = sorted(set(config.methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; choose from {METHODS}.")
+    from keras_autopruner.gate import check_rate
+
+    for rate in config.rates:
+        check_rate(rate, "each of rates")
+    return config
+
+
+def rate_tag(rate):
+    """`rate` as it appears in file names: `0.5`, `0.25`."""
+    return f"{float(rate):g}"
+
+
+def run_key(method, rate, seed):
+    """The file stem of a run: `full_s0`, `autopruner_r0.5_s0`, ..."""
+    if method == "full":
+        return f"full_s{seed}"
+    return f"{method}_r{rate_tag(rate)}_s{seed}"
+
+
+def log(message):
+    """Print one progress line of the study."""
+    print(f"[study] {message}", flush=True)

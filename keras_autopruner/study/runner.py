@@ -1,0 +1,399 @@
+"""`Study`: runs every (method, rate, seed) once, stores it, reports.
+
+The methods themselves live in `keras_autopruner.study.methods` and reach
+the study only through the public helpers here (`fit`, `train_new`,
+`finish`, `full_model`, `autopruner_run`, ...).
+"""
+
+import dataclasses
+import json
+import os
+import time
+import zlib
+
+import numpy as np
+
+from keras_autopruner.study.config import StudyConfig, log, rate_tag, run_key
+
+
+class Study:
+    """Runs the comparison and writes its outputs.
+
+    Every finished run is written to `<out>/runs/<key>.json` (and its model
+    to `<out>/models/`) as soon as it ends; a rerun with the same `out`
+    skips finished runs, so an interrupted study continues where it
+    stopped.
+
+    Args:
+        config: a `StudyConfig`.
+        out: the output folder; runs already stored there are skipped.
+        verbose: 0 prints a line per stage; 1 (default) also a line per
+            pruning epoch; 2 a line per epoch of every stage; 3 Keras's
+            progress bar.
+        data: a `StudyData` to use instead of `load_study_data(config)`.
+        export: export one compact SavedModel.
+
+    Example:
+
+    >>> from keras_autopruner import study
+    >>> s = study.Study(study.make_config("tiny"), "/tmp/study_tiny")
+    >>> table = s.run()  # doctest: +SKIP
+    """
+
+    def __init__(self, config, out, verbose=1, data=None, export=True):
+        self.config = config
+        self.out = os.fspath(out)
+        self.verbose = int(verbose)
+        self.export = bool(export)
+        self._data = data
+        self.ran, self.skipped = [], []
+        from keras_autopruner import models
+
+        self.builder = models.get_builder(config.model)
+        self.default_widths = models.default_widths(self.builder)
+        self.default_widths.update(config.widths or {})
+
+    # -- files --
+    def path(self, *parts):
+        """A path inside the output folder."""
+        return os.path.join(self.out, *parts)
+
+    def _check_config(self):
+        os.makedirs(self.path("runs"), exist_ok=True)
+        os.makedirs(self.path("models"), exist_ok=True)
+        stored = self.path("config.json")
+        mine = self.config.fingerprint()
+        if os.path.exists(stored):
+            with open(stored) as f:
+                theirs = json.load(f)
+            old = {k: v for k, v in theirs.items()
+                   if k not in StudyConfig.EXTENSIBLE}
+            if json.loads(json.dumps(mine)) != old:
+                diff = sorted(k for k in set(mine) | set(old)
+                              if json.loads(json.dumps(mine.get(k)))
+                              != old.get(k))
+                raise ValueError(
+                    f"{self.out} holds a study with other settings "
+                    f"({', '.join(diff)} differ), so its runs cannot be "
+                    "reused. Pass another output folder, or delete this one "
+                    "to start over."
+                )
+        write_json(stored, dataclasses.asdict(self.config))
+
+    def load_run(self, key):
+        """The stored result of run `key`, or None if it has not finished."""
+        path = self.path("runs", f"{key}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def _save_run(self, result):
+        write_json(self.path("runs", f"{result['key']}.json"), result)
+
+    def model_file(self, run):
+        """The stored model file (`.keras`, or `.h5` for tf_keras) of a run."""
+        for ext in (".keras", ".h5"):
+            path = self.path("models", run["key"] + ext)
+            if os.path.exists(path):
+                return path
+        raise FileNotFoundError(
+            f"The model of run {run['key']} is missing from "
+            f"{self.path('models')}; delete its JSON in "
+            f"{self.path('runs')} to train it again."
+        )
+
+    @property
+    def data(self):
+        """The study's `StudyData`, loaded on first use."""
+        if self._data is None:
+            from keras_autopruner.datasets import load_study_data
+
+            self._data = load_study_data(self.config)
+        return self._data
+
+    def build_kwargs(self):
+        """Input shape and class count for the model builders."""
+        d = self.data
+        return {"input_shape": d.input_shape, "num_classes": d.num_classes}
+
+    def steps_per_epoch(self):
+        """Optimizer steps in one epoch of the training data."""
+        return self.data.steps_per_epoch(self.config.batch_size)
+
+    # -- the loop --
+    def run(self):
+        """Run every missing (method, rate, seed) and write the outputs.
+
+        Returns:
+            The results table as a pandas DataFrame (one row per method and
+            rate).
+        """
+        from keras_autopruner.study.methods import RUNNERS
+
+        self._check_config()
+        c = self.config
+        t0 = time.time()
+        log(f"output folder: {os.path.abspath(self.out)}")
+        for seed in c.seeds:
+            self._stage("full", None, seed, RUNNERS["full"])
+            for rate in c.rates:
+                for method, runner in RUNNERS.items():
+                    # AutoPruner always runs: the baselines need its result.
+                    if method == "autopruner" or (
+                            method != "full" and method in c.methods):
+                        self._stage(method, rate, seed, runner)
+        log(f"training finished in {time.time() - t0:.0f} s "
+            f"({len(self.ran)} runs trained, {len(self.skipped)} reused)")
+        if self.export:
+            self.export_compact()
+        table = self.report()
+        log(f"total {time.time() - t0:.0f} s")
+        return table
+
+    def _stage(self, method, rate, seed, runner):
+        key = run_key(method, rate, seed)
+        where = f"rate={rate_tag(rate)} " if rate is not None else ""
+        prefix = f"{where}seed={seed} method={method}"
+        if self.load_run(key) is not None:
+            log(f"{prefix}: done before, reusing {key}.json")
+            self.skipped.append(key)
+            return
+        import keras
+
+        # Each run has its own seed, so a resumed study draws the same
+        # numbers as an uninterrupted one.
+        keras.utils.set_random_seed(
+            (1000003 * int(seed) + zlib.crc32(key.encode())) % (2 ** 31))
+        start = time.time()
+        result = runner(self, rate, seed, prefix)
+        result.update(key=key, method=method, rate=rate, seed=int(seed),
+                      train_s=round(time.time() - start, 1))
+        self._save_run(result)
+        self.ran.append(key)
+        log(f"{prefix}: accuracy {result['accuracy']:.4f}, params "
+            f"{result['params']:,}, MACs {result['flops']:,}, "
+            f"{result['epochs']} epochs, {result['train_s']:.0f} s")
+        keras.backend.clear_session()
+
+    # -- helpers for the methods --
+    def compile(self, model):
+        """Compile `model` with Adam at the training learning rate."""
+        import keras
+
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.config.learning_rate),
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+            jit_compile=self.config.jit_compile)
+
+    def fit(self, model, epochs, seed, prefix, callbacks=(), lines=False,
+            low_from=None):
+        """Fit `model` on the training data.
+
+        Args:
+            model: a compiled model.
+            epochs: epochs to train (0 or less: nothing happens).
+            seed: seed of the data pipeline's shuffle.
+            prefix: the run's label for progress lines.
+            callbacks: more Keras callbacks.
+            lines: print a line per epoch at `verbose=1` too.
+            low_from: from this epoch on, train at the fine-tuning learning
+                rate (None: never).
+
+        Returns:
+            The history as `{metric: [float per epoch]}`.
+        """
+        import keras
+
+        if epochs <= 0:
+            return {}
+        args, kwargs = self.data.fit_args(seed, self.config.batch_size)
+        callbacks = list(callbacks)
+        if low_from is not None:
+            c = self.config
+            callbacks.append(keras.callbacks.LearningRateScheduler(
+                lambda epoch: (c.finetune_learning_rate if epoch >= low_from
+                               else c.learning_rate)))
+        keras_verbose = 2 if self.verbose >= 3 else 0
+        if self.verbose >= 2 or (lines and self.verbose >= 1):
+            callbacks.append(epoch_line(prefix, epochs))
+        history = model.fit(*args, epochs=epochs, verbose=keras_verbose,
+                            callbacks=callbacks, **kwargs)
+        return {k: [float(v) for v in vals]
+                for k, vals in history.history.items()}
+
+    def evaluate(self, model):
+        """`(loss, accuracy)` of a compiled model on the test data."""
+        args, kwargs = self.data.eval_args(self.config.batch_size)
+        loss, acc = model.evaluate(*args, verbose=0, **kwargs)[:2]
+        return float(loss), float(acc)
+
+    def describe(self, model):
+        """Parameters, MACs and the widths of the study's layers."""
+        from keras_autopruner import models
+        from keras_autopruner.metrics import count_flops, count_params
+
+        widths = models.widths_of(model)
+        return {
+            "params": int(count_params(model)),
+            "flops": int(count_flops(model).total),
+            "widths": {k: widths[k] for k in self.default_widths},
+        }
+
+    def train_new(self, widths, epochs, seed, prefix, low_epochs=0):
+        """A fresh model at `widths`, trained `epochs`, the last
+        `low_epochs` of them at the fine-tuning learning rate."""
+        from keras_autopruner import models
+
+        model = models.with_widths(self.builder, widths)(**self.build_kwargs())
+        self.compile(model)
+        log(f"{prefix}: training {epochs} epochs"
+            + (f" ({low_epochs} at the fine-tuning rate)..." if low_epochs
+               else "..."))
+        history = self.fit(model, epochs, seed, prefix,
+                           low_from=epochs - low_epochs if low_epochs
+                           else None)
+        return model, history
+
+    def finish(self, model, key, history, **extra):
+        """Evaluate and store `model`; its result dict with `extra` added."""
+        loss, acc = self.evaluate(model)
+        model.save(self.path("models", f"{key}.keras"))
+        result = {"accuracy": acc, "loss": loss, "history": history}
+        result.update(self.describe(model))
+        result.update(extra)
+        return result
+
+    def full_model(self, seed):
+        """The stored, trained full model of `seed`."""
+        import keras
+
+        path = self.path("models", f"{run_key('full', None, seed)}.keras")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing although its run is recorded as done. "
+                f"Delete {self.path('runs', run_key('full', None, seed))}"
+                ".json so that the full model is trained again."
+            )
+        return keras.saving.load_model(path)
+
+    def autopruner_run(self, rate, seed):
+        """AutoPruner's stored result at `rate` and `seed`."""
+        result = self.load_run(run_key("autopruner", rate, seed))
+        if result is None:
+            raise RuntimeError(
+                f"autopruner rate={rate} seed={seed} has not run; the "
+                "baselines need its widths and epoch count."
+            )
+        return result
+
+    @property
+    def uniform_measure(self):
+        """What the uniform baseline matches: MACs under a MAC budget."""
+        c = self.config
+        return ("flops" if c.objective == "global" and c.weighting == "flops"
+                else "params")
+
+    # -- outputs --
+    def export_compact(self):
+        """Export AutoPruner's model at the rate nearest 0.5, first seed.
+
+        The SavedModel goes to `<out>/savedmodel_r<rate>_s<seed>`, with a
+        pruning report against the full model of the same seed. An export
+        already there is kept.
+
+        Returns:
+            The SavedModel's path, or None when that run has not finished.
+        """
+        import keras
+
+        import keras_autopruner as kap
+
+        rate = min(self.config.rates, key=lambda r: (abs(r - 0.5), r))
+        seed = self.config.seeds[0]
+        key = run_key("autopruner", rate, seed)
+        run = self.load_run(key)
+        target = self.path(f"savedmodel_r{rate_tag(rate)}_s{seed}")
+        if run is None or os.path.exists(target):
+            return target if run is not None else None
+        log(f"exporting the compact model of {key} to {target}")
+        compact = keras.saving.load_model(self.model_file(run))
+        report = kap.summary(self.full_model(seed), compact,
+                             notes=run.get("notes", []))
+        kap.export(compact, target, report=report)
+        return target
+
+    def runs(self):
+        """Every stored run of this study's rates, seeds and methods."""
+        c = self.config
+        found = []
+        for seed in c.seeds:
+            full = self.load_run(run_key("full", None, seed))
+            if full is not None:
+                found.append(full)
+            for rate in c.rates:
+                for method in c.methods:
+                    if method == "full":
+                        continue
+                    run = self.load_run(run_key(method, rate, seed))
+                    if run is not None:
+                        found.append(run)
+        return found
+
+    def report(self):
+        """Measure latency, write the tables and plots; returns the table."""
+        from keras_autopruner.study.latency import measure_latencies
+        from keras_autopruner.study.report import write_report
+
+        runs = self.runs()
+        log(f"measuring CPU latency of {len(runs)} models side by side...")
+        latency = measure_latencies(
+            {r["key"]: self.model_file(r) for r in runs},
+            self.data.input_shape, runs=self.config.latency_runs)
+        for r in runs:
+            r["latency_ms"] = latency[r["key"]]
+        return write_report(runs, self.config, self.out, self.data.name)
+
+
+def write_json(path, value):
+    """Write `value` as JSON to `path` in one step (write, then rename)."""
+    # An interrupted study must never leave a half-written result that the
+    # next run would take as finished.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def epoch_line(prefix, epochs):
+    """A Keras callback printing one line per epoch: loss, accuracy and,
+    while pruning, kept fraction, binary share, lambda and alpha."""
+    import keras
+
+    class EpochLine(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            parts = [f"loss {logs.get('loss', float('nan')):.4f}",
+                     f"accuracy {logs.get('accuracy', float('nan')):.4f}"]
+            if "kept" in logs:
+                parts += [f"kept {logs['kept']:.3f}",
+                          f"binary {logs['binary']:.2f}",
+                          f"lambda {logs['lambda']:g}",
+                          f"alpha {logs['alpha']:g}"]
+            log(f"{prefix}:   epoch {epoch + 1}/{epochs} "
+                f"({time.time() - self._start:.0f} s) " + ", ".join(parts))
+
+    return EpochLine()
