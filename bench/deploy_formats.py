@@ -76,33 +76,42 @@ def build_models(keep, seed):
     return full, kap.strip(gated)
 
 
+def have_onnx():
+    import importlib.util
+
+    return all(importlib.util.find_spec(name)
+               for name in ("onnx", "tf2onnx", "onnxruntime"))
+
+
 def runners(model, folder, use_hls4ml):
     """Write `model` in each format; return ({runtime: fn(x)}, {format:
     bytes})."""
-    import onnxruntime as ort
     import tensorflow as tf
 
     import keras_autopruner as kap
 
     os.makedirs(folder, exist_ok=True)
     paths = {"keras": os.path.join(folder, "model.keras"),
-             "saved_model": os.path.join(folder, "saved_model"),
-             "onnx": os.path.join(folder, "model.onnx")}
+             "saved_model": os.path.join(folder, "saved_model")}
     model.save(paths["keras"])
     kap.export(model, paths["saved_model"], overwrite=True)
-    kap.export(model, paths["onnx"], format="onnx", overwrite=True)
-    sizes = {k: size_of(p) for k, p in paths.items()}
-
     keras_call = tf.function(lambda t: model(t, training=False))
     served = tf.saved_model.load(paths["saved_model"])
-    session = ort.InferenceSession(paths["onnx"],
-                                   providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
     calls = {
         "Keras": lambda x: keras_call(tf.constant(x)).numpy(),
         "SavedModel": lambda x: served.serve(tf.constant(x)).numpy(),
-        "onnxruntime": lambda x: session.run(None, {input_name: x})[0],
     }
+    if have_onnx():
+        import onnxruntime as ort
+
+        paths["onnx"] = os.path.join(folder, "model.onnx")
+        kap.export(model, paths["onnx"], format="onnx", overwrite=True)
+        session = ort.InferenceSession(paths["onnx"],
+                                       providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        calls["onnxruntime"] = (
+            lambda x: session.run(None, {input_name: x})[0])
+    sizes = {k: size_of(p) for k, p in paths.items()}
     if use_hls4ml:
         import importlib.util
 
@@ -142,7 +151,6 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import keras
     import numpy as np
-    import onnxruntime as ort
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # The benchmark is about CPUs.
@@ -162,8 +170,15 @@ def main(argv):
         calls[key], sizes[key] = runners(model, os.path.join(out, key),
                                          FLAGS.hls4ml)
 
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-          f"onnxruntime {ort.__version__}, "
+    if have_onnx():
+        import onnxruntime as ort
+
+        versions = f", onnxruntime {ort.__version__}"
+    else:
+        versions = (" (no ONNX: pip install 'keras_autopruner[deploy]' to "
+                    "time onnxruntime)")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+          f"{versions}, "
           f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average at start "
           f"{os.getloadavg()[0]:.1f}")
