@@ -211,3 +211,11 @@ def test_onnx_runs_in_onnxruntime_with_keras_outputs(compact, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         kap.export(compact, path, format="onnx")
     kap.export(compact, path, format="onnx", overwrite=True)
+
+
+def test_onnx_without_its_packages_says_what_to_install(
+        compact, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # As if not installed.
+    with pytest.raises(ImportError, match=r"keras_autopruner\[deploy\]"):
+        kap.export(compact, tmp_path / "x.onnx", format="onnx")
+    assert not (tmp_path / "x.onnx").exists()
