@@ -49,7 +49,10 @@ def convert(model, out_dir, precision=DEFAULT_PRECISION, granularity="model",
             default `DEFAULT_PRECISION`, the same with rounding and
             saturation.
         granularity: `"model"` (one precision for every layer) or `"name"`
-            (a config entry per layer, with hls4ml's inferred types).
+            (a config entry per layer, with hls4ml's inferred types). With
+            `"name"`, hls4ml infers a wide type for the last Dense's result,
+            and its table softmax then gives the same output for every
+            input; set that layer's `Precision["result"]` in the config.
         reuse_factor: hls4ml's ReuseFactor (1: one multiplier per weight).
         accum_precision: optional precision of the sums inside each layer
             (hls4ml's `accum`), e.g. `"ap_fixed<24,10>"`; by default the
@@ -95,9 +98,9 @@ def compare(model, hls_model, x):
         `max_abs_diff` (largest output difference), `median_row_diff` (the
         median over rows of each row's largest difference) and
         `output_scale` (the largest |Keras output|). hls4ml computes
-        softmax from lookup tables, so its probabilities can be off by much
-        more than the logits are (a top probability of 0.8 can come out as
-        1.0); the argmax is what a classifier uses.
+        softmax from lookup tables, so its probabilities can differ from
+        Keras's by much more than its logits do; the argmax is what a
+        classifier uses.
 
     Example:
 
@@ -128,6 +131,10 @@ def largest_activation(model, x):
 
     Returns:
         A float.
+
+    Example:
+
+    >>> largest_activation(compact, x_test[:1000]) < 32
     """
     import keras
     import numpy as np
@@ -142,8 +149,19 @@ def largest_activation(model, x):
 def synthesis_report(hls_model):
     """hls4ml's resource estimate, or None where no HLS tool is installed.
 
-    Runs C synthesis (`hls_model.build(csim=False)`), which needs Vivado or
-    Vitis HLS on the PATH; without one there is no estimate to read.
+    Runs C synthesis (`hls_model.build(csim=False, synth=True)`), which
+    needs Vivado or Vitis HLS on the PATH; without one there is no estimate
+    to read.
+
+    Args:
+        hls_model: a model from `convert`.
+
+    Returns:
+        The report dict `hls_model.build` returns, or None.
+
+    Example:
+
+    >>> synthesis_report(convert(compact, "runs/hls/compact"))
     """
     import shutil
 
