@@ -40,5 +40,6 @@ setup(
     extras_require={
         "baselines": ["tensorflow-model-optimization", "tf_keras"],
         "test": ["pytest", "hypothesis"],
+        "deploy": ["onnx", "tf2onnx", "onnxruntime", "hls4ml"],
     },
 )

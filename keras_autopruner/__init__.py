@@ -10,14 +10,15 @@ The public API lives here; the modules behind it are:
 - callbacks.py   AutoPrunerCallback, which drives them during fit
 - graph.py       channel dependency groups of a gated model
 - surgery.py     strip (graph surgery), summary
-- export.py      export: SavedModel and pruning report
+- deploy.py      export: SavedModel or ONNX, with the pruning report
+- pruned_model.py PrunedModel, a model that keeps its report in .keras files
 - metrics.py     count_params, count_flops
 - datasets.py    the embedded real data and loaders for user data and tfds
 """
 
 from keras_autopruner.budget import CostModel
 from keras_autopruner.callbacks import AutoPrunerCallback
-from keras_autopruner.export import export
+from keras_autopruner.deploy import export
 from keras_autopruner.gate import AutoPrunerGate, set_hard_masks
 from keras_autopruner.instrument import add_gates, register_prunable
 from keras_autopruner.metrics import count_flops, count_params

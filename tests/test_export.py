@@ -1,4 +1,5 @@
-"""Tests for `keras_autopruner.export`: SavedModel plus pruning report."""
+"""Tests for `keras_autopruner.deploy`: SavedModel or ONNX, plus pruning
+report, and the report kept through `.keras` save and load."""
 
 import json
 import subprocess
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 import keras_autopruner as kap
-from keras_autopruner.export import REPORT_JSON, REPORT_MARKDOWN
+from keras_autopruner import deploy
+from keras_autopruner.deploy import REPORT_JSON, REPORT_MARKDOWN
+from keras_autopruner.pruned_model import PrunedModel, attach_report
 from keras_autopruner.gate import gates_of
 
 L = keras.layers
@@ -36,7 +39,9 @@ def compact():
         mask[0] = True
         gate.moving_code.assign(mask.astype("float32"))
     kap.set_hard_masks(gated, True)
-    return kap.strip(gated)
+    compact = kap.strip(gated)
+    # What strip is to do itself (one line in surgery.strip).
+    return attach_report(compact, compact.pruning_report)
 
 
 SERVE = textwrap.dedent("""
@@ -122,3 +127,95 @@ def test_model_without_a_strip_record_gets_an_after_only_report(tmp_path):
     assert data["totals"]["params_before"] is None
     assert data["totals"]["params_after"] == kap.count_params(model)
     assert "No record of the model before pruning" in data["notes"][0]
+
+
+def test_deploy_module_is_importable_by_name():
+    import importlib
+
+    module = importlib.import_module("keras_autopruner.deploy")
+    assert module is deploy
+    assert module.export is kap.export
+    assert "onnx" in module.FORMATS and "tf_saved_model" in module.FORMATS
+
+
+def test_unknown_format_names_the_formats(compact, tmp_path):
+    with pytest.raises(ValueError, match="'tf_saved_model', 'onnx'"):
+        kap.export(compact, tmp_path / "x", format="tflite")
+    assert not (tmp_path / "x").exists()
+
+
+def test_report_survives_keras_save_and_load(compact, tmp_path):
+    compact.save(tmp_path / "pruned.keras")
+    loaded = keras.models.load_model(tmp_path / "pruned.keras")
+    assert isinstance(loaded, PrunedModel)
+    assert loaded.pruning_report == compact.pruning_report
+    x = np.random.default_rng(2).normal(size=(3, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(compact(x)),
+                               atol=1e-6)
+    # A reloaded model exports the full before/after report.
+    kap.export(loaded, tmp_path / "again")
+    data = json.loads((tmp_path / "again" / REPORT_JSON).read_text())
+    assert data["totals"]["params_before"] == kap.count_params(small_model())
+    assert data == compact.pruning_report.to_dict()
+
+
+def test_report_survives_fine_tuning_and_a_second_save(compact, tmp_path):
+    model = attach_report(keras.models.clone_model(compact),
+                          compact.pruning_report)
+    model.compile("adam", "mse")
+    x = np.random.default_rng(3).normal(size=(8, 8, 8, 3)).astype("float32")
+    model.fit(x, np.zeros((8, 3), "float32"), epochs=1, verbose=0)
+    model.save(tmp_path / "a.keras")
+    first = keras.models.load_model(tmp_path / "a.keras")
+    first.save(tmp_path / "b.keras")
+    second = keras.models.load_model(tmp_path / "b.keras")
+    assert second.pruning_report.to_dict() == compact.pruning_report.to_dict()
+
+
+def test_attach_report_shares_weights_and_rejects_junk(compact):
+    plain = keras.Model(compact.inputs, compact.outputs)
+    carried = attach_report(plain, compact.pruning_report)
+    assert carried.get_layer("c1") is plain.get_layer("c1")
+    assert carried.name == plain.name
+    with pytest.raises(TypeError, match="PruningReport"):
+        attach_report(plain, "a report")
+
+
+
+def _onnx_or_skip():
+    for name in ("onnx", "tf2onnx", "onnxruntime"):
+        pytest.importorskip(
+            name, reason=f"{name} is not installed: pip install "
+            "'keras_autopruner[deploy]' to test the ONNX export")
+    import onnxruntime as ort
+
+    return ort
+
+
+def test_onnx_runs_in_onnxruntime_with_keras_outputs(compact, tmp_path):
+    ort = _onnx_or_skip()
+    path = tmp_path / "pruned.onnx"
+    report = kap.export(compact, path, format="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.onnx"]
+    session = ort.InferenceSession(str(path),
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).normal(size=(7, 8, 8, 3)).astype("float32")
+    (y,) = session.run(None, {session.get_inputs()[0].name: x})
+    expected = keras.ops.convert_to_numpy(compact(x))
+    assert y.shape == expected.shape
+    assert np.max(np.abs(y - expected)) <= 1e-5 * np.max(np.abs(expected))
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta[deploy.ONNX_REPORT_KEY]) == report.to_dict()
+    assert deploy.onnx_report(path) == compact.pruning_report
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        kap.export(compact, path, format="onnx")
+    kap.export(compact, path, format="onnx", overwrite=True)
+
+
+def test_onnx_without_its_packages_says_what_to_install(
+        compact, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # As if not installed.
+    with pytest.raises(ImportError, match=r"keras_autopruner\[deploy\]"):
+        kap.export(compact, tmp_path / "x.onnx", format="onnx")
+    assert not (tmp_path / "x.onnx").exists()
