@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e ".[test,baselines]"
+	$(VPY) -m pip install -e ".[test,baselines,deploy]"
 	touch $(STAMP)
 
 test: venv

@@ -16,6 +16,7 @@ import numpy as np
 from keras_autopruner import registry, tracing
 from keras_autopruner.gate import AutoPrunerGate, gates_of
 from keras_autopruner.graph import ChannelGraph
+from keras_autopruner.pruned_model import attach_report
 from keras_autopruner.report import PruningReport, summary  # noqa: F401
 
 COLLAPSE_POLICIES = ("keep_best", "raise")
@@ -87,10 +88,11 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
             `_gated` replaced by `_pruned`).
 
     Returns:
-        A functional `keras.Model` made of standard Keras layers with the
-        gated model's weights, sliced. Its `pruning_report` attribute holds
-        the `PruningReport` comparing it with the gated model, which
-        `export` writes next to the SavedModel.
+        A `PrunedModel` (a functional `keras.Model`) made of standard Keras
+        layers with the gated model's weights, sliced. Its `pruning_report`
+        attribute holds the `PruningReport` comparing it with the gated
+        model; it is saved inside `.keras` files and `export` writes it
+        next to the SavedModel or ONNX file.
 
     Raises:
         SoftCodesError: (a ValueError) too many codes are still soft and
@@ -150,8 +152,7 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
     if force:
         notes.append("force=True: kept channels are scaled by their soft "
                      "codes, folded into the weights.")
-    compact.pruning_report = summary(flat, compact, notes=notes)
-    return compact
+    return attach_report(compact, summary(flat, compact, notes=notes))
 
 
 def _scales(gates, threshold, force, tolerance, binary_target):
