@@ -193,32 +193,39 @@ class AutoPrunerGate(keras.layers.Layer):
 
     def compute_code(self, x):
         """The soft code for a batch `x`, shape (channels,)."""
-        return ops.sigmoid(self.alpha * self.compute_logits(x))
+        alpha = ops.convert_to_tensor(self.alpha)
+        return ops.sigmoid(alpha * self.compute_logits(x))
 
-    def _hard_mask(self):
-        return ops.cast(self.moving_code > self.threshold, "float32")
+    def _hard_mask(self, moving_code):
+        return ops.cast(moving_code > self.threshold, "float32")
 
     def call(self, inputs, training=False):
+        # Variables are read into tensors once: JAX refuses a Keras variable
+        # where it expects an array (inside `where`, say), and under JAX's
+        # stateless training step `convert_to_tensor` returns the step's
+        # current value.
+        moving_code = ops.convert_to_tensor(self.moving_code)
         # Once the run is done (phase 2) the choice is final: training goes
         # on with the hard mask, so fine-tuning the gated model is
         # fine-tuning the network strip builds.
         done = ops.convert_to_tensor(self.phase) > 1.5
         if training:
             logits = self.compute_logits(inputs)
-            soft = ops.sigmoid(self.alpha * logits)
-            code = ops.where(done, self._hard_mask(), soft)
+            soft = ops.sigmoid(ops.convert_to_tensor(self.alpha) * logits)
+            code = ops.where(done, self._hard_mask(moving_code), soft)
             m = self.momentum
+            moving_logit = ops.convert_to_tensor(self.moving_logit)
             self.code.assign(code)
             self.moving_code.assign(ops.where(
-                done, self.moving_code, m * self.moving_code + (1 - m) * soft))
+                done, moving_code, m * moving_code + (1 - m) * soft))
             self.moving_logit.assign(ops.where(
-                done, self.moving_logit,
-                m * self.moving_logit + (1 - m) * logits))
-            self.add_loss(self.coef * ops.square(ops.mean(code) - self.center))
+                done, moving_logit, m * moving_logit + (1 - m) * logits))
+            self.add_loss(ops.convert_to_tensor(self.coef) * ops.square(
+                ops.mean(code) - ops.convert_to_tensor(self.center)))
         else:
             hard = ops.convert_to_tensor(self.hard) > 0.5
-            code = ops.where(ops.logical_or(hard, done), self._hard_mask(),
-                             self.moving_code)
+            code = ops.where(ops.logical_or(hard, done),
+                             self._hard_mask(moving_code), moving_code)
         return inputs * ops.cast(code, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
