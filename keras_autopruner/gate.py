@@ -125,18 +125,27 @@ class AutoPrunerGate(keras.layers.Layer):
             fan_in = self.units * math.prod(
                 max(1, s // 2) for s in self._spatial
             )
+        # No weight of the gate is autocast: under a mixed precision policy
+        # the codes are still computed (and the moving averages kept) in
+        # float32, where sigmoid(alpha * logit) saturates at the same place
+        # on every policy; only the product with the input is in the
+        # layer's compute dtype.
         self.kernel = self.add_weight(
             name="kernel",
             shape=(fan_in, self.units),
             initializer=keras.initializers.RandomNormal(
                 stddev=self.kernel_scale / math.sqrt(fan_in) / self.speed
             ),
+            dtype="float32",
+            autocast=False,
         )
         self.bias = self.add_weight(
             name="bias",
             shape=(self.units,),
             initializer=keras.initializers.Constant(
                 self.bias_init / self.speed),
+            dtype="float32",
+            autocast=False,
         )
 
         def state(name, shape, value, aggregation="only_first_replica"):
@@ -146,6 +155,8 @@ class AutoPrunerGate(keras.layers.Layer):
                 initializer=keras.initializers.Constant(value),
                 trainable=False,
                 aggregation=aggregation,
+                dtype="float32",
+                autocast=False,
             )
 
         start = 1.0 / (1.0 + math.exp(-self.alpha_init * self.bias_init))
