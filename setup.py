@@ -40,5 +40,10 @@ setup(
     extras_require={
         "baselines": ["tensorflow-model-optimization", "tf_keras"],
         "test": ["pytest", "hypothesis"],
+        # Other Keras backends (KERAS_BACKEND=jax or torch). JAX's CPU build
+        # comes from PyPI; for PyTorch pick the build for your machine
+        # (PyPI's default Linux wheel carries CUDA).
+        "jax": ["jax"],
+        "torch": ["torch"],
     },
 )

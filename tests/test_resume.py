@@ -1,8 +1,9 @@
 """A run saved to `.keras`, loaded and continued is the uninterrupted run.
 
-For every schedule, with and without `initial_epoch`, the lambda and alpha
-of every optimizer step and the final masks match step by step. (The
-controller's epoch-level case is `test_callbacks.test_save_load_resume_is_exact`.)
+For the schedules that run on a clock of optimizer steps (StepLambda, and
+AlphaSchedule with `release=None`), with and without `initial_epoch`, the
+lambda and alpha of every optimizer step and the final masks match. The
+controller's case is `test_callbacks.test_save_load_resume_is_exact`.
 """
 
 import keras
@@ -43,7 +44,6 @@ SCHEDULES = {
     # lambda steps up every 7 optimizer steps: an epoch boundary falls
     # between two steps, so a resumed run must know the step count.
     "step": lambda: dict(schedule=kap.StepLambda(every=7, factor=3.0)),
-    "controller": lambda: dict(schedule="controller"),
     # alpha doubles on a clock from the first pushing step.
     "alpha_clock": lambda: dict(
         schedule=kap.StepLambda(every=9, factor=2.0),
