@@ -89,8 +89,7 @@ class StepLambda(Schedule):
 
     `every` counts optimizer steps of the pushing phase. To multiply lambda
     by 10 every 20 epochs, from 1 up to 1e7 (the published VGG16/CUB
-    setting),
-    use `StepLambda(every=20 * steps_per_epoch)`.
+    setting), use `StepLambda(every=20 * steps_per_epoch)`.
 
     The step count lives in the gates (with lambda itself), so a model
     saved mid-run and fitted again, with or without `initial_epoch`, goes on
