@@ -36,24 +36,30 @@ def started(tmp_path_factory):
     runs = {}
     for backend in OTHERS:
         out = out_dir / f"{backend}.json"
+        # A file, not a pipe, for the log: a full pipe would stall the
+        # child while this process computes the reference.
+        log = open(out_dir / f"{backend}.log", "w")
         proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "backend_checks.py"),
              f"--out={out}"], env=dict(env, KERAS_BACKEND=backend),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        runs[backend] = (proc, out)
+            stdout=log, stderr=subprocess.STDOUT)
+        runs[backend] = (proc, out, log)
     yield runs
-    for proc, _ in runs.values():
+    for proc, _, log in runs.values():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def result_of(started, backend):
-    proc, out = started[backend]
-    _, stderr = proc.communicate()
+    proc, out, log = started[backend]
+    proc.wait()
+    log.flush()
     assert proc.returncode == 0, (
         f"backend_checks.py failed on KERAS_BACKEND={backend}; is "
-        f"{backend} installed (`make venv` installs it)?\n" + stderr[-4000:])
+        f"{backend} installed (`make venv` installs it)?\n"
+        + open(log.name).read()[-4000:])
     return json.loads(out.read_text())
 
 

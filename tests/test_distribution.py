@@ -30,14 +30,20 @@ def jax_env(**extra):
 
 
 def finish(proc, what):
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, f"{what} failed:\n{stderr[-4000:]}"
+    proc.wait(timeout=600)
+    with open(proc.log_path) as f:
+        log = f.read()
+    assert proc.returncode == 0, f"{what} failed:\n{log[-4000:]}"
 
 
-def start(args, env):
-    return subprocess.Popen([sys.executable, SCRIPT] + args, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+def start(args, env, log_path):
+    # The log goes to a file: the two processes of a job wait for each
+    # other, and one stalled on a full pipe would stall both.
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, SCRIPT] + args, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
 
 
 def free_port():
@@ -51,11 +57,13 @@ def runs(tmp_path_factory):
     """The one-host run and the two-process run, started together."""
     out = tmp_path_factory.mktemp("distribution")
     one_host = start([f"--out={out / 'one_host.json'}"], jax_env(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        out / "one_host.log")
     port = free_port()
     workers = [start([f"--out={out / f'process{i}.json'}",
                       "--num_processes=2", f"--process_id={i}",
-                      f"--coordinator=localhost:{port}"], jax_env())
+                      f"--coordinator=localhost:{port}"], jax_env(),
+                     out / f"process{i}.log")
                for i in range(2)]
     try:
         finish(one_host, "two devices in one process")
