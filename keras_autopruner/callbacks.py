@@ -49,6 +49,11 @@ class AutoPrunerCallback(keras.callbacks.Callback):
     last miss) lives in the gates' weights, so a model saved and loaded
     mid-run resumes where it was, with a new callback.
 
+    It runs on the TensorFlow, JAX and PyTorch backends, inside
+    `tf.distribute.MirroredStrategy` and under `keras.distribution`
+    (`DataParallel`, on one host or several); every process of a
+    multi-host job runs its own copy and they make the same choice.
+
     Args:
         schedule: `"controller"` (default), `"step"`, or a `Schedule`.
         objective: `"layer"` (default), `"global"` (MACs), or a

@@ -38,6 +38,10 @@ class AutoPrunerGate(keras.layers.Layer):
     `add_loss`; `coef` and `center` are set by the objective (zero by default:
     a gate that nobody drives only learns from the task loss).
 
+    All the gate's weights are float32 and never autocast: under a mixed
+    precision policy such as `"mixed_float16"` the codes are computed in
+    float32 and only the product `x * code` is in the layer's compute dtype.
+
     Args:
         target_rate: fraction of channels this gate should keep, in (0, 1].
         pooling: how the spatial axes are reduced before the fully connected
