@@ -10,6 +10,18 @@ BENCH ?= $(basename $(notdir $(wildcard bench/*.py)))
 
 .PHONY: venv test demo bench clean
 
+# PyTorch for the backend tests: this CPU build is on the CI machines' local
+# wheel directory (plain `torch` from PyPI is a multi-GB CUDA build). Set
+# TORCH= to skip it; tests/test_backends.py then fails and says so.
+TORCH ?= torch==2.13.0
+# Tests that run a second time with KERAS_BACKEND=jax (the backend is fixed
+# at import), less the one that needs tf.distribute. tests/test_backends.py
+# and tests/test_distribution.py run the rest of the core path on JAX and
+# PyTorch in subprocesses.
+JAX_TESTS := tests/test_gate.py tests/test_schedules.py tests/test_callbacks.py \
+	tests/test_resume.py
+JAX_SKIP := mirrored_strategy
+
 venv: $(STAMP)
 
 # The stamp only goes stale when setup.py changes, so repeated `make test`
@@ -17,11 +29,14 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e ".[test,baselines,deploy]"
+	$(VPY) -m pip install -e ".[test,baselines,deploy,jax]"
+	test -z "$(TORCH)" || $(VPY) -m pip install "$(TORCH)"
 	touch $(STAMP)
 
 test: venv
 	TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m pytest -q tests
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m pytest -q $(JAX_TESTS) \
+		-k "not $(JAX_SKIP)"
 
 demo: venv
 	TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m keras_autopruner.study --preset demo

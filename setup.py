@@ -41,5 +41,10 @@ setup(
         "baselines": ["tensorflow-model-optimization", "tf_keras"],
         "test": ["pytest", "hypothesis"],
         "deploy": ["onnx", "tf2onnx", "onnxruntime", "hls4ml"],
+        # Other Keras backends (KERAS_BACKEND=jax or torch). JAX's CPU build
+        # comes from PyPI; for PyTorch pick the build for your machine
+        # (PyPI's default Linux wheel carries CUDA).
+        "jax": ["jax"],
+        "torch": ["torch"],
     },
 )

@@ -49,6 +49,11 @@ class AutoPrunerCallback(keras.callbacks.Callback):
     last miss) lives in the gates' weights, so a model saved and loaded
     mid-run resumes where it was, with a new callback.
 
+    It runs on the TensorFlow, JAX and PyTorch backends, inside
+    `tf.distribute.MirroredStrategy` and under `keras.distribution`
+    (`DataParallel`, on one host or several); every process of a
+    multi-host job runs its own copy and they make the same choice.
+
     Args:
         schedule: `"controller"` (default), `"step"`, or a `Schedule`.
         objective: `"layer"` (default), `"global"` (MACs), or a
@@ -189,15 +194,27 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self._steps += 1
         if st.phase == S.WARMUP:
             if self._steps >= self._push_start:
+                self._sync()
                 self._begin_pushing(logs or {})
             return
         st.step = self._steps - self._push_start
         st.budget_used = (st.step / self.prune_steps if self.prune_steps
                           else 0.0)
-        if self.prune_steps and st.step >= self.prune_steps:
-            self._control(final=True)
-        elif st.step % self.control_every == 0:
-            self._control()
+        final = bool(self.prune_steps) and st.step >= self.prune_steps
+        if final or st.step % self.control_every == 0:
+            self._sync()
+            self._control(final=final)
+
+    def _sync(self):
+        """Make the gates' variables hold the training step's values.
+
+        On JAX, `fit` keeps the model state outside the variables between
+        steps and only writes it back when a callback reads `self.model`;
+        it then reloads the variables before the next step, so the values
+        written here are the ones the next step trains with. Other backends
+        train the variables in place and need nothing.
+        """
+        self.model  # noqa: B018 (the property syncs on JAX)
 
     def _begin_pushing(self, logs):
         st = self.state

@@ -38,6 +38,10 @@ class AutoPrunerGate(keras.layers.Layer):
     `add_loss`; `coef` and `center` are set by the objective (zero by default:
     a gate that nobody drives only learns from the task loss).
 
+    All the gate's weights are float32 and never autocast: under a mixed
+    precision policy such as `"mixed_float16"` the codes are computed in
+    float32 and only the product `x * code` is in the layer's compute dtype.
+
     Args:
         target_rate: fraction of channels this gate should keep, in (0, 1].
         pooling: how the spatial axes are reduced before the fully connected
@@ -125,18 +129,27 @@ class AutoPrunerGate(keras.layers.Layer):
             fan_in = self.units * math.prod(
                 max(1, s // 2) for s in self._spatial
             )
+        # No weight of the gate is autocast: under a mixed precision policy
+        # the codes are still computed (and the moving averages kept) in
+        # float32, where sigmoid(alpha * logit) saturates at the same place
+        # on every policy; only the product with the input is in the
+        # layer's compute dtype.
         self.kernel = self.add_weight(
             name="kernel",
             shape=(fan_in, self.units),
             initializer=keras.initializers.RandomNormal(
                 stddev=self.kernel_scale / math.sqrt(fan_in) / self.speed
             ),
+            dtype="float32",
+            autocast=False,
         )
         self.bias = self.add_weight(
             name="bias",
             shape=(self.units,),
             initializer=keras.initializers.Constant(
                 self.bias_init / self.speed),
+            dtype="float32",
+            autocast=False,
         )
 
         def state(name, shape, value, aggregation="only_first_replica"):
@@ -146,6 +159,8 @@ class AutoPrunerGate(keras.layers.Layer):
                 initializer=keras.initializers.Constant(value),
                 trainable=False,
                 aggregation=aggregation,
+                dtype="float32",
+                autocast=False,
             )
 
         start = 1.0 / (1.0 + math.exp(-self.alpha_init * self.bias_init))
@@ -193,32 +208,39 @@ class AutoPrunerGate(keras.layers.Layer):
 
     def compute_code(self, x):
         """The soft code for a batch `x`, shape (channels,)."""
-        return ops.sigmoid(self.alpha * self.compute_logits(x))
+        alpha = ops.convert_to_tensor(self.alpha)
+        return ops.sigmoid(alpha * self.compute_logits(x))
 
-    def _hard_mask(self):
-        return ops.cast(self.moving_code > self.threshold, "float32")
+    def _hard_mask(self, moving_code):
+        return ops.cast(moving_code > self.threshold, "float32")
 
     def call(self, inputs, training=False):
+        # Variables are read into tensors once: JAX refuses a Keras variable
+        # where it expects an array (inside `where`, say), and under JAX's
+        # stateless training step `convert_to_tensor` returns the step's
+        # current value.
+        moving_code = ops.convert_to_tensor(self.moving_code)
         # Once the run is done (phase 2) the choice is final: training goes
         # on with the hard mask, so fine-tuning the gated model is
         # fine-tuning the network strip builds.
         done = ops.convert_to_tensor(self.phase) > 1.5
         if training:
             logits = self.compute_logits(inputs)
-            soft = ops.sigmoid(self.alpha * logits)
-            code = ops.where(done, self._hard_mask(), soft)
+            soft = ops.sigmoid(ops.convert_to_tensor(self.alpha) * logits)
+            code = ops.where(done, self._hard_mask(moving_code), soft)
             m = self.momentum
+            moving_logit = ops.convert_to_tensor(self.moving_logit)
             self.code.assign(code)
             self.moving_code.assign(ops.where(
-                done, self.moving_code, m * self.moving_code + (1 - m) * soft))
+                done, moving_code, m * moving_code + (1 - m) * soft))
             self.moving_logit.assign(ops.where(
-                done, self.moving_logit,
-                m * self.moving_logit + (1 - m) * logits))
-            self.add_loss(self.coef * ops.square(ops.mean(code) - self.center))
+                done, moving_logit, m * moving_logit + (1 - m) * logits))
+            self.add_loss(ops.convert_to_tensor(self.coef) * ops.square(
+                ops.mean(code) - ops.convert_to_tensor(self.center)))
         else:
             hard = ops.convert_to_tensor(self.hard) > 0.5
-            code = ops.where(ops.logical_or(hard, done), self._hard_mask(),
-                             self.moving_code)
+            code = ops.where(ops.logical_or(hard, done),
+                             self._hard_mask(moving_code), moving_code)
         return inputs * ops.cast(code, inputs.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -87,9 +87,13 @@ class Schedule:
 class StepLambda(Schedule):
     """The published schedule: lambda = start * factor**(step // every).
 
-    `every` counts optimizer steps of the pushing phase. The VGG16/CUB
-    study multiplied lambda by 10 every 20 epochs, from 1 up to 1e7: with
-    N steps an epoch that is `every=20 * N`.
+    `every` counts optimizer steps of the pushing phase. To multiply lambda
+    by 10 every 20 epochs, from 1 up to 1e7 (the published VGG16/CUB
+    setting), use `StepLambda(every=20 * steps_per_epoch)`.
+
+    The step count lives in the gates (with lambda itself), so a model
+    saved mid-run and fitted again, with or without `initial_epoch`, goes on
+    with the lambda the uninterrupted run would have had.
 
     Args:
         start: lambda when pushing starts.
@@ -193,11 +197,10 @@ class AlphaSchedule(Schedule):
     off freezes the wrong count.
     Sharpening earlier saturates the sigmoid at "keep" before the pruning
     term has acted: in float32 `sigmoid(30) == 1.0` exactly, its gradient is
-    exactly zero, and no lambda can prune any more (the failure the
-    VGG16/CUB study ran into).
+    exactly zero, and no lambda can prune any more.
 
     `release=None` sharpens from the first pushing step, whatever the gates
-    have chosen: the setting of the VGG16/CUB study.
+    have chosen, as the published VGG16/CUB setting does.
 
     Args:
         start: initial alpha.

@@ -107,17 +107,20 @@ def test_pruning_loss_is_added_and_trains_the_gate_only():
     (loss,) = model.losses
     mean = float(np.mean(gate.code.numpy()))
     np.testing.assert_allclose(float(loss), 3.0 * (mean - 0.25) ** 2, rtol=1e-5)
-    # The code reads the activation through stop_gradient: the pruning loss
-    # alone gives the hidden layer no gradient.
-    import tensorflow as tf
-
-    with tf.GradientTape(persistent=True) as tape:
-        model(x, training=True)
-        penalty = model.losses[0]
-    grads = tape.gradient(penalty, model.get_layer("hidden").trainable_variables)
-    assert all(g is None or float(tf.reduce_max(tf.abs(g))) == 0.0 for g in grads)
-    (bias_grad,) = tape.gradient(penalty, [gate.bias])
-    assert float(tf.reduce_max(tf.abs(bias_grad))) > 0.0
+    # The code reads the activation through stop_gradient: a step of plain
+    # SGD on the pruning loss alone leaves the hidden layer exactly as it
+    # was and moves the gate. (A training step, not a GradientTape, so that
+    # the check runs on every backend.)
+    hidden_before = [w.numpy().copy()
+                     for w in model.get_layer("hidden").weights]
+    bias_before = gate.bias.numpy().copy()
+    model.compile(keras.optimizers.SGD(0.1),
+                  lambda y_true, y_pred: 0.0 * keras.ops.mean(y_pred))
+    model.fit(x, x, batch_size=8, epochs=1, verbose=0)
+    for before, w in zip(hidden_before,
+                         model.get_layer("hidden").weights):
+        np.testing.assert_array_equal(w.numpy(), before)
+    assert np.abs(gate.bias.numpy() - bias_before).max() > 1e-4
 
 
 def test_pruning_loss_moves_the_code_towards_the_centre():
