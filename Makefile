@@ -19,6 +19,7 @@ TORCH ?= torch==2.13.0
 # and tests/test_distribution.py run the rest of the core path on JAX and
 # PyTorch in subprocesses.
 JAX_TESTS := tests/test_gate.py tests/test_schedules.py tests/test_callbacks.py \
+	tests/test_surgery.py \
 	tests/test_resume.py
 JAX_SKIP := mirrored_strategy
 
