@@ -162,7 +162,14 @@ class LayerType:
             when there is no counting rule.
         follows: `add_gates` may move the gate of the layer before it
             behind this one, since it acts on each channel alone (batch
-            norm, activations).
+            norm, activations, a depthwise convolution whose call has a
+            depth multiplier of 1). Moving the gate behind a layer that
+            turns a zero channel into a non-zero one (a batch norm's shift)
+            is what lets `strip` remove the channels the gate zeroes.
+        crosses: `add_gates` may move a gate across this layer (it keeps
+            channel c in channel c, zero in, zero out: zero padding), but
+            only on the way to a `follows` layer behind it; a gate never
+            stops right behind it.
         passes_scale: a scale folded in before this layer still reaches its
             output (activations, dropout), given its `Op` traits.
         merges: the layer takes several inputs and combines the same
@@ -181,6 +188,7 @@ class LayerType:
     fold_into: Optional[Tuple[str, ...]] = None
     flops: Optional[Callable] = None
     follows: bool = False
+    crosses: bool = False
     passes_scale: bool = False
     merges: bool = False
     resize: Optional[Callable] = None
