@@ -303,11 +303,16 @@ class ChannelGraph:
             if op.kind == "mix" and not op.frozen_out:
                 return ScaleSite(layer, zero_ok and op.zero_preserving,
                                  homog_ok and op.homogeneous)
-            if op.kind == "channelwise" and record.fold_into:
+            if (op.kind == "channelwise" and record.fold_into
+                    and op.repeat == 1):
                 error = record.can_fold(layer)
                 if error:
                     return ScaleSite(error=error)
-                return ScaleSite(layer, zero_ok, homog_ok)
+                # A depthwise conv's own activation comes after the fold.
+                own = activation_traits(getattr(layer, "activation", None)
+                                        or "linear") or (False, False)
+                return ScaleSite(layer, zero_ok and own[0],
+                                 homog_ok and own[1])
             if (op.kind == "channelwise" and op.repeat == 1
                     and record.passes_scale):
                 zero_ok = zero_ok and op.zero_preserving

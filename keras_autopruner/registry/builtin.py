@@ -205,7 +205,8 @@ def _table():
         # (add_gates checks the Op's repeat): the gate then multiplies the
         # channel after the depthwise stage, where the next mixer reads it.
         "DepthwiseConv1D DepthwiseConv2D": _channelwise(
-            _depthwise_flow, _conv_macs, weights=depthwise, follows=True),
+            _depthwise_flow, _conv_macs, weights=depthwise,
+            fold_into=("kernel", "bias"), follows=True),
         "BatchNormalization": _channelwise(
             _batch_norm_flow, _per_output_element, weights=_BN_WEIGHTS,
             fold_into=("gamma", "beta"), follows=True),

@@ -156,7 +156,10 @@ class LayerType:
         fold_into: the weights a per-channel scale is folded into when a
             gate's scale must survive `strip` (batch norm: gamma and beta;
             the first must exist). None for a mixer means every weight
-            with an `"out"` axis; empty means no folding here.
+            with an `"out"` axis; empty means no folding here. A folded
+            weight without an `"out"` axis is scaled along its `"in"` axis
+            (a depthwise kernel: in a channelwise call with one output per
+            input channel, channel c in is channel c out).
         flops: `fn(layer, input_shapes, output_shapes) -> int`, the MACs of
             one call for one example (see `metrics.register_flops`); None
             when there is no counting rule.
@@ -241,7 +244,8 @@ class LayerType:
                     continue
                 keep = keep_in if role == IN else keep_out
                 index = _index(value.shape[axis], keep, layer, name)
-                if name in folded and role == OUT:
+                scaled = OUT if OUT in roles else IN
+                if name in folded and role == scaled:
                     shape = [1] * value.ndim
                     shape[axis] = -1
                     value = value * np.reshape(np.repeat(
