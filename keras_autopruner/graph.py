@@ -228,7 +228,7 @@ class ChannelGraph:
         atoms = self.channels[id(tensor)]
         return need[self.groups(atoms)] if len(atoms) else np.zeros(0, bool)
 
-    def needed(self, scales):
+    def needed(self, scales, check=True):
         """Which groups the model needs, given what the gates multiply by.
 
         A group can go when each of its channels is zero wherever it is
@@ -239,6 +239,8 @@ class ChannelGraph:
         Args:
             scales: gate name -> float array, each channel's multiplier; 0
                 means the gate removes the channel.
+            check: raise when a layer strip cannot narrow would lose
+                channels; False returns the groups all the same.
 
         Returns:
             A bool array indexed by group (see `groups`): True to keep.
@@ -263,7 +265,7 @@ class ChannelGraph:
                 zero[id(t)] = z
         for atoms in self._pinned:
             need[self.groups(atoms)] = True
-        for layer, atoms in self._frozen:
+        for layer, atoms in self._frozen if check else ():
             lost = ~need[self.groups(atoms)] if len(atoms) else []
             if np.any(lost):
                 raise ValueError(

@@ -178,3 +178,50 @@ def test_a_zeroed_channel_kept_by_another_branch_is_folded_into_the_depthwise_co
     kap.set_hard_masks(gated, False)
     assert_same_outputs(gated, compact,
                         rng.normal(size=(2, 8, 8, 4)).astype("float32"))
+
+
+def mobile_inverted_bottleneck():
+    """An EfficientNet block: expansion, depthwise stage, squeeze-and-
+    excitation read from the depthwise output, projection."""
+    x = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    h = L.BatchNormalization(name="stem_bn")(h)
+    h = L.Activation("swish", name="stem_act")(h)
+    e = L.Conv2D(32, 1, use_bias=False, name="expand")(h)
+    e = L.BatchNormalization(name="expand_bn")(e)
+    e = L.Activation("swish", name="expand_act")(e)
+    e = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(e)
+    e = L.BatchNormalization(name="dw_bn")(e)
+    e = L.Activation("swish", name="dw_act")(e)
+    s = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(e)
+    s = L.Conv2D(4, 1, activation="swish", name="se_reduce")(s)
+    s = L.Conv2D(32, 1, activation="sigmoid", name="se_expand")(s)
+    e = L.Multiply(name="excite")([e, s])
+    e = L.Conv2D(8, 1, use_bias=False, name="project")(e)
+    e = L.BatchNormalization(name="project_bn")(e)
+    h = L.Add(name="add")([h, e])
+    y = L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h))
+    return keras.Model(x, y, name="mbconv")
+
+
+def test_squeeze_and_excitation_block_loses_expansion_channels_as_costed():
+    rng = np.random.default_rng(6)
+    model = mobile_inverted_bottleneck()
+    spread_batch_norms(model, rng)
+    gated = kap.add_gates(model, 0.5)
+    assert gate_inputs(gated)["expand_gate"] == "dw_act"
+    masks = set_masks(gated, rng)
+    compact = kap.strip(gated, on_collapse="raise")
+    assert_same_outputs(gated, compact,
+                        rng.normal(size=(4, 8, 8, 3)).astype("float32"))
+    kept = int(masks["expand"].sum())
+    assert kept < 32
+    assert compact.get_layer("expand").filters == kept
+    assert compact.get_layer("se_expand").filters == kept
+    # The excitation's channels go with the features they scale: the cost
+    # model must not count them as kept.
+    ordered = [masks[g.name[:-len("_gate")]] for g in gates_of(gated)]
+    assert kap.count_flops(compact).total == pytest.approx(
+        kap.budget.CostModel(gated, "flops").cost(ordered))
+    assert kap.count_params(compact) == pytest.approx(
+        kap.budget.CostModel(gated, "params").cost(ordered))
