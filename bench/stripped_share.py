@@ -2,9 +2,11 @@
 
 Every gate keeps about `--keep` of its channels, drawn at random (one is
 always kept), the gated model is stripped, and the stripped model's MACs
-(`count_flops`) are printed as a share of the unpruned model's. A share
-well above `--keep`**2..`--keep` means strip cannot remove channels the
-gates zero (channels read again after a layer that makes zeros non-zero).
+(`count_flops`) are printed as a share of the unpruned model's. A
+convolution whose input and output channels are both gated keeps about
+keep**2 of its MACs, one gated on one side about keep; a share well above
+that means strip cannot remove channels the gates zero (a layer between
+the gate and the next convolution turns their zeros into constants).
 Untrained weights: only the structure matters here.
 
     .venv/bin/python bench/stripped_share.py --models=MobileNetV2 --seed=0
