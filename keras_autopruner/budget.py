@@ -11,7 +11,7 @@ is split into a part that scales with the share of its input channels
 kept, a part that scales with the share of its output channels kept, a
 part that scales with both (a kernel) and a fixed part. A channel group is
 kept when any of its channels is kept (branches joined by `Add` keep the
-union, as `strip` does) or when it holds a channel no gate controls.
+union, as `strip` does) or when strip needs it whatever the gates keep.
 
 `exact_choice` turns gate scores into masks that meet a budget exactly:
 per layer `round(rate * units)` channels, or a global cost within a
@@ -62,20 +62,17 @@ class CostModel:
         self._root = graph.groups(np.arange(n_atoms))
         # Which gate channel each atom is, if any.
         self._gate_atoms = [graph.gate_channels(g.name) for g in self.gates]
-        covered = np.zeros(n_atoms, bool)
-        for atoms in self._gate_atoms:
-            covered[atoms] = True
-        self._free = ~covered  # channels no gate controls are always kept
-        # So are the groups strip needs even when every gate drops every
-        # channel: those read after a layer that turns a zero channel into
-        # a non-zero one (a biased depthwise convolution, a batch norm
-        # behind the gate).
+        # Always kept: the groups strip needs even when every gate drops
+        # every channel (read without a gate, or after a layer that turns
+        # a zero channel into a non-zero one: a biased depthwise conv, a
+        # batch norm behind the gate), and the channels of layers strip
+        # cannot narrow. A channel no gate multiplies but a gate's zero
+        # reaches (an excitation multiplied by gated features) goes with
+        # its group.
         zeros = {g.name: np.zeros(g.units) for g in self.gates}
-        try:
-            always = graph.needed(zeros)
-        except ValueError:
-            always = np.zeros(n_atoms, bool)  # strip itself would refuse
-        self._free |= always[self._root]
+        self._free = graph.needed(zeros, check=False)[self._root]
+        for _, atoms in graph._frozen:
+            self._free[atoms] = True
 
         rows = []  # (in atoms or None, out atoms or None, io, i, o, const)
         if weighting == "filters":
@@ -113,10 +110,11 @@ class CostModel:
     def keep_of_atoms(self, values):
         """Per-atom keep value for per-gate keep values (lists of arrays).
 
-        A group keeps the largest value of its channels; channels no gate
-        controls count as 1.
+        A group keeps the largest value of its channels; channels kept
+        whatever the gates do count as 1, other channels no gate
+        multiplies as 0.
         """
-        keep = np.ones(len(self._free))
+        keep = np.zeros(len(self._free))
         for atoms, v in zip(self._gate_atoms, values):
             keep[atoms] = np.asarray(v, dtype=np.float64)
         keep[self._free] = 1.0

@@ -228,7 +228,7 @@ class ChannelGraph:
         atoms = self.channels[id(tensor)]
         return need[self.groups(atoms)] if len(atoms) else np.zeros(0, bool)
 
-    def needed(self, scales):
+    def needed(self, scales, check=True):
         """Which groups the model needs, given what the gates multiply by.
 
         A group can go when each of its channels is zero wherever it is
@@ -239,6 +239,8 @@ class ChannelGraph:
         Args:
             scales: gate name -> float array, each channel's multiplier; 0
                 means the gate removes the channel.
+            check: raise when a layer strip cannot narrow would lose
+                channels; False returns the groups all the same.
 
         Returns:
             A bool array indexed by group (see `groups`): True to keep.
@@ -263,7 +265,7 @@ class ChannelGraph:
                 zero[id(t)] = z
         for atoms in self._pinned:
             need[self.groups(atoms)] = True
-        for layer, atoms in self._frozen:
+        for layer, atoms in self._frozen if check else ():
             lost = ~need[self.groups(atoms)] if len(atoms) else []
             if np.any(lost):
                 raise ValueError(
@@ -303,11 +305,16 @@ class ChannelGraph:
             if op.kind == "mix" and not op.frozen_out:
                 return ScaleSite(layer, zero_ok and op.zero_preserving,
                                  homog_ok and op.homogeneous)
-            if op.kind == "channelwise" and record.fold_into:
+            if (op.kind == "channelwise" and record.fold_into
+                    and op.repeat == 1):
                 error = record.can_fold(layer)
                 if error:
                     return ScaleSite(error=error)
-                return ScaleSite(layer, zero_ok, homog_ok)
+                # A depthwise conv's own activation comes after the fold.
+                own = activation_traits(getattr(layer, "activation", None)
+                                        or "linear") or (False, False)
+                return ScaleSite(layer, zero_ok and own[0],
+                                 homog_ok and own[1])
             if (op.kind == "channelwise" and op.repeat == 1
                     and record.passes_scale):
                 zero_ok = zero_ok and op.zero_preserving

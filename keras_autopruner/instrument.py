@@ -29,7 +29,12 @@ def add_gates(
     Nested Functional/Sequential models are inlined, so the result is one flat
     functional model. A gate goes behind the layer's output activation: where
     BatchNormalization and/or activation layers follow the layer (and nothing
-    else reads its output), behind the last of them.
+    else reads its output), behind the last of them. A depthwise convolution
+    with depth multiplier 1 (with zero padding before it) counts as one of
+    them: in an inverted residual block the expansion conv's gate goes
+    behind the depthwise conv's batch norm and activation, so a channel it
+    zeroes is zero where the projection conv reads it, and `strip` removes
+    it from the expansion conv, the depthwise conv and their batch norms.
 
     Layers are prunable when they are Conv1D/2D/3D, their transposes,
     SeparableConv1D/2D or Dense (see `register_prunable` for more). A layer
@@ -166,7 +171,14 @@ def add_gates(
 
 
 def _gate_point(graph, node):
-    """The last layer of the chain prunable -> BN/activation, single consumer."""
+    """The layer behind which the gate of prunable `node` goes.
+
+    The last layer of the chain that follows `node` one channel to one
+    channel (its records say `follows`, or `crosses` on the way to one that
+    follows), each tensor read by the next layer alone: batch norm and
+    activations, and a depthwise stage with depth multiplier 1. The gate
+    then multiplies the channels as the next mixing layer reads them.
+    """
     point, tensor = node.operation, node.outputs[0]
     while id(tensor) not in graph.output_ids:
         consumers = graph.consumers[id(tensor)]
@@ -177,12 +189,15 @@ def _gate_point(graph, node):
                 or len(graph.nodes_of(nxt.operation)) > 1):
             break
         record = registry.lookup(nxt.operation)
-        if record is None or not record.follows or record.refused:
+        if record is None or record.refused or not (
+                record.follows or record.crosses):
             break
         op = record.flow(nxt)
         if op.kind != "channelwise" or op.repeat != 1:
             break
-        point, tensor = nxt.operation, nxt.outputs[0]
+        if record.follows:
+            point = nxt.operation
+        tensor = nxt.outputs[0]
     return point
 
 

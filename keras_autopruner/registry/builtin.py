@@ -201,8 +201,12 @@ def _table():
             "filters", conv_t, _conv_transpose_macs),
         "SeparableConv1D SeparableConv2D": _mixer(
             "filters", separable, _separable_macs),
+        # A follower only where its call keeps one channel per channel
+        # (add_gates checks the Op's repeat): the gate then multiplies the
+        # channel after the depthwise stage, where the next mixer reads it.
         "DepthwiseConv1D DepthwiseConv2D": _channelwise(
-            _depthwise_flow, _conv_macs, weights=depthwise),
+            _depthwise_flow, _conv_macs, weights=depthwise,
+            fold_into=("kernel", "bias"), follows=True),
         "BatchNormalization": _channelwise(
             _batch_norm_flow, _per_output_element, weights=_BN_WEIGHTS,
             fold_into=("gamma", "beta"), follows=True),
@@ -220,9 +224,12 @@ def _table():
         "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
         "GaussianDropout GaussianNoise AlphaDropout ActivityRegularization "
         "Identity": _PASS_SCALE,
-        # Per channel, 0 -> 0, no per-channel weights.
-        "ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D "
-        "Cropping3D UpSampling1D UpSampling2D UpSampling3D": _PASS,
+        # Per channel, 0 -> 0, no per-channel weights. Zero padding sits
+        # before strided depthwise convolutions: a gate may cross it.
+        "ZeroPadding1D ZeroPadding2D ZeroPadding3D": _channelwise(
+            _kind("channelwise"), crosses=True),
+        "Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D "
+        "UpSampling3D": _PASS,
         "MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D "
         "AveragePooling2D AveragePooling3D": _channelwise(
             _kind("channelwise"), _local_pool_macs),

@@ -156,13 +156,23 @@ class LayerType:
         fold_into: the weights a per-channel scale is folded into when a
             gate's scale must survive `strip` (batch norm: gamma and beta;
             the first must exist). None for a mixer means every weight
-            with an `"out"` axis; empty means no folding here.
+            with an `"out"` axis; empty means no folding here. A folded
+            weight without an `"out"` axis is scaled along its `"in"` axis
+            (a depthwise kernel: in a channelwise call with one output per
+            input channel, channel c in is channel c out).
         flops: `fn(layer, input_shapes, output_shapes) -> int`, the MACs of
             one call for one example (see `metrics.register_flops`); None
             when there is no counting rule.
         follows: `add_gates` may move the gate of the layer before it
             behind this one, since it acts on each channel alone (batch
-            norm, activations).
+            norm, activations, a depthwise convolution whose call has a
+            depth multiplier of 1). Moving the gate behind a layer that
+            turns a zero channel into a non-zero one (a batch norm's shift)
+            is what lets `strip` remove the channels the gate zeroes.
+        crosses: `add_gates` may move a gate across this layer (it keeps
+            channel c in channel c, zero in, zero out: zero padding), but
+            only on the way to a `follows` layer behind it; a gate never
+            stops right behind it.
         passes_scale: a scale folded in before this layer still reaches its
             output (activations, dropout), given its `Op` traits.
         merges: the layer takes several inputs and combines the same
@@ -181,6 +191,7 @@ class LayerType:
     fold_into: Optional[Tuple[str, ...]] = None
     flops: Optional[Callable] = None
     follows: bool = False
+    crosses: bool = False
     passes_scale: bool = False
     merges: bool = False
     resize: Optional[Callable] = None
@@ -233,7 +244,8 @@ class LayerType:
                     continue
                 keep = keep_in if role == IN else keep_out
                 index = _index(value.shape[axis], keep, layer, name)
-                if name in folded and role == OUT:
+                scaled = OUT if OUT in roles else IN
+                if name in folded and role == scaled:
                     shape = [1] * value.ndim
                     shape[axis] = -1
                     value = value * np.reshape(np.repeat(
