@@ -2,7 +2,7 @@
 deployment format.
 
 The fully connected tagger (`models.fc_dnn`, 16 features, 26 classes) is
-gated, every gate keeps `--keep` of its neurons (a random choice: latency
+gated, every gate keeps `--rate` of its neurons (a random choice: latency
 does not depend on what the weights learned), and the gated model is
 stripped. Give `--models_dir` (a folder with `full.keras` and
 `compact.keras`, as `examples/fc_dnn_hls4ml.py` writes) to measure trained
@@ -34,16 +34,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_float("keep", 0.5, "fraction of neurons each gate keeps")
-flags.DEFINE_integer("rounds", 200, "timed rounds per batch size")
-flags.DEFINE_integer("batch_size", 256, "the larger batch size timed")
-flags.DEFINE_bool("hls4ml", False, "also time hls4ml's C++ emulation "
-                  "(compiles each model with g++, about half a minute each)")
-flags.DEFINE_string("models_dir", None, "folder with full.keras and "
-                    "compact.keras to measure instead of random weights")
-flags.DEFINE_string("out", None, "where to write the artifacts (default: "
-                    "a temporary folder, removed at the end)")
-flags.DEFINE_integer("seed", 0, "random seed")
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_float("rate", 0.5, "fraction of neurons each gate keeps",
+                       flag_values=fv)
+    flags.DEFINE_integer("rounds", 200, "timed rounds per batch size",
+                         flag_values=fv)
+    flags.DEFINE_integer("batch_size", 256, "the larger batch size timed",
+                         flag_values=fv)
+    flags.DEFINE_bool("hls4ml", False, "also time hls4ml's C++ emulation "
+                      "(compiles each model with g++, about half a minute each)",
+                      flag_values=fv)
+    flags.DEFINE_string("models_dir", None, "folder with full.keras and "
+                        "compact.keras to measure instead of random weights",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "where to write the artifacts (default: "
+                        "a temporary folder, removed at the end)",
+                        flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed",
+                         flag_values=fv)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -162,7 +173,7 @@ def main(argv):
         compact = keras.models.load_model(
             os.path.join(FLAGS.models_dir, "compact.keras"))
     else:
-        full, compact = build_models(FLAGS.keep, FLAGS.seed)
+        full, compact = build_models(FLAGS.rate, FLAGS.seed)
     out = FLAGS.out or tempfile.mkdtemp(prefix="deploy_formats-")
     models = {"full": full, "compact": compact}
     calls, sizes = {}, {}
@@ -216,4 +227,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -175,7 +175,7 @@ def run(data=None, label=None, out="runs/fc_dnn_hls4ml", rate=0.5,
         widths=None, epochs=10, prune_epochs=30, finetune_epochs=5,
         train_examples=None, compare_examples=2000, batch_size=256,
         precision=DEFAULT_PRECISION, granularity="model", reuse_factor=1,
-        synthesize=False, load_models=None, seed=0, verbose=1):
+        synthesize=False, models_dir=None, seed=0, verbose=1):
     """Train, prune and strip `fc_dnn`; compare hls4ml and Keras on both.
 
     Args:
@@ -197,7 +197,7 @@ def run(data=None, label=None, out="runs/fc_dnn_hls4ml", rate=0.5,
         reuse_factor: hls4ml ReuseFactor.
         synthesize: also run HLS synthesis for a resource estimate (needs
             Vivado/Vitis HLS).
-        load_models: a folder with `full.keras` and `compact.keras` (as
+        models_dir: a folder with `full.keras` and `compact.keras` (as
             this function writes to `out`) to convert instead of training.
         seed: random seed.
         verbose: 0 silent, 1 progress lines.
@@ -234,10 +234,10 @@ def run(data=None, label=None, out="runs/fc_dnn_hls4ml", rate=0.5,
         model.fit(x, y, batch_size=batch_size, epochs=n, verbose=0,
                   callbacks=list(callbacks))
 
-    if load_models:
-        full = keras.models.load_model(os.path.join(load_models, "full.keras"))
+    if models_dir:
+        full = keras.models.load_model(os.path.join(models_dir, "full.keras"))
         compact = keras.models.load_model(
-            os.path.join(load_models, "compact.keras"))
+            os.path.join(models_dir, "compact.keras"))
     else:
         full = models.fc_dnn(input_dim=x.shape[1],
                              num_classes=len(class_names), widths=widths)
@@ -301,43 +301,64 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     widths = [int(w) for w in f.widths] if f.widths else None
-    run(data=f.data, label=f.label, out=f.out, rate=f.rate, widths=widths,
-        epochs=f.epochs, prune_epochs=f.prune_epochs,
+    run(data=f.data_path, label=f.label, out=f.out, rate=f.rate, widths=widths,
+        epochs=f.full_epochs, prune_epochs=f.prune_epochs,
         finetune_epochs=f.finetune_epochs, train_examples=f.train_examples,
         compare_examples=f.compare_examples, batch_size=f.batch_size,
         precision=f.precision, granularity=f.granularity,
         reuse_factor=f.reuse_factor, synthesize=f.synthesize,
-        load_models=f.load_models, seed=f.seed,
+        models_dir=f.models_dir, seed=f.seed,
         verbose=f.verbose)
 
 
-def define_flags():
+def define_flags(fv=None):
+    """Define the example's flags in `fv` (default: absl's global flags)."""
     from absl import flags
 
-    flags.DEFINE_string("data", None, "CSV/.npz/.npy table; default: the "
-                        "shipped UCI Letter Recognition data")
-    flags.DEFINE_string("label", None, "label column")
-    flags.DEFINE_string("out", "runs/fc_dnn_hls4ml", "output folder")
-    flags.DEFINE_float("rate", 0.5, "target kept fraction of neurons")
-    flags.DEFINE_list("widths", None, "4 hidden widths (default fc_dnn's)")
-    flags.DEFINE_integer("epochs", 10, "epochs for the full network")
-    flags.DEFINE_integer("prune_epochs", 30, "most epochs of pruning")
-    flags.DEFINE_integer("finetune_epochs", 5, "fine-tuning epochs")
-    flags.DEFINE_integer("train_examples", None, "use this many train rows")
+    fv = flags.FLAGS if fv is None else fv
+
+    flags.DEFINE_string("data_path", None, "CSV/.npz/.npy table; default: the "
+                        "shipped UCI Letter Recognition data",
+                        flag_values=fv)
+    flags.DEFINE_string("label", None, "label column",
+                        flag_values=fv)
+    flags.DEFINE_string("out", "runs/fc_dnn_hls4ml", "output folder",
+                        flag_values=fv)
+    flags.DEFINE_float("rate", 0.5, "target kept fraction of neurons",
+                       flag_values=fv)
+    flags.DEFINE_list("widths", None, "4 hidden widths (default fc_dnn's)",
+                      flag_values=fv)
+    flags.DEFINE_integer("full_epochs", 10, "epochs for the full network",
+                         flag_values=fv)
+    flags.DEFINE_integer("prune_epochs", 30, "most epochs of pruning",
+                         flag_values=fv)
+    flags.DEFINE_integer("finetune_epochs", 5, "fine-tuning epochs",
+                         flag_values=fv)
+    flags.DEFINE_integer("train_examples", None, "use this many train rows",
+                         flag_values=fv)
     flags.DEFINE_integer("compare_examples", 2000,
-                         "test rows run through the C++ emulation")
-    flags.DEFINE_integer("batch_size", 256, "batch size")
+                         "test rows run through the C++ emulation",
+                         flag_values=fv)
+    flags.DEFINE_integer("batch_size", 256, "batch size",
+                         flag_values=fv)
     flags.DEFINE_string("precision", DEFAULT_PRECISION,
-                        "hls4ml default precision")
+                        "hls4ml default precision",
+                        flag_values=fv)
     flags.DEFINE_enum("granularity", "model", ["model", "name"],
-                      "hls4ml config granularity")
-    flags.DEFINE_integer("reuse_factor", 1, "hls4ml ReuseFactor")
+                      "hls4ml config granularity",
+                      flag_values=fv)
+    flags.DEFINE_integer("reuse_factor", 1, "hls4ml ReuseFactor",
+                         flag_values=fv)
     flags.DEFINE_bool("synthesize", False, "run HLS synthesis for a "
-                      "resource estimate (needs Vivado/Vitis HLS)")
-    flags.DEFINE_string("load_models", None, "folder with full.keras and "
-                        "compact.keras to convert instead of training")
-    flags.DEFINE_integer("seed", 0, "random seed")
-    flags.DEFINE_integer("verbose", 1, "0 or 1")
+                      "resource estimate (needs Vivado/Vitis HLS)",
+                      flag_values=fv)
+    flags.DEFINE_string("models_dir", None, "folder with full.keras and "
+                        "compact.keras to convert instead of training",
+                        flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed",
+                         flag_values=fv)
+    flags.DEFINE_integer("verbose", 1, "0 or 1",
+                         flag_values=fv)
 
 
 if __name__ == "__main__":

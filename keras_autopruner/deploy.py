@@ -66,9 +66,12 @@ def export(model, path, *, format="tf_saved_model", overwrite=False,
         The `PruningReport` written.
 
     Raises:
-        ValueError: unknown `format`, or the model still has gates.
+        ValueError: unknown `format`; the model still has gates; or a
+            SavedModel asked for on the PyTorch backend (use ONNX, or save
+            `.keras` and export under TensorFlow).
         FileExistsError: `path` exists and `overwrite` is False.
-        ImportError: `format="onnx"` without the `onnx` package.
+        ImportError: `format="onnx"` without the `onnx` package (or, on
+            the JAX backend, without `jax2onnx`).
 
     Example:
 
@@ -90,6 +93,7 @@ def export(model, path, *, format="tf_saved_model", overwrite=False,
             f"export: model {model.name!r} still has AutoPrunerGate layers. "
             "Export the stripped model: export(strip(gated), path)."
         )
+    _check_backend(format)
     if format == "onnx":
         _require_onnx()
     path = os.fspath(path)
@@ -162,6 +166,34 @@ def _report_of(model, report):
             f"summary), got {type(report).__name__}."
         )
     return report
+
+
+def _check_backend(format):
+    """Refuse, saying what to do, the backend/format pairs Keras cannot write."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch" and format == "tf_saved_model":
+        # Keras's torch path to a SavedModel goes through torch.export,
+        # which fails on the input structure of Keras functional models.
+        raise ValueError(
+            "export: a TensorFlow SavedModel cannot be written from the "
+            "PyTorch backend. Either export to ONNX from here "
+            "(format='onnx'), or save the model (model.save('m.keras')) and "
+            "export it in a process started with KERAS_BACKEND=tensorflow: "
+            "export(keras.models.load_model('m.keras'), path)."
+        )
+    if backend == "jax" and format == "onnx":
+        try:
+            import jax2onnx  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "export(format='onnx') on the JAX backend needs the jax2onnx "
+                "package, which keras_autopruner does not install. Either "
+                "export a SavedModel from here (the default format), or save "
+                "the model (model.save('m.keras')) and export it to ONNX in a "
+                "process started with KERAS_BACKEND=tensorflow."
+            ) from e
 
 
 def _require_onnx():

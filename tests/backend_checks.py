@@ -147,6 +147,16 @@ def check_conv_strip_count_save(out, workdir):
         out["export"] = "ok"
     except Exception as e:  # what export does off TensorFlow is reported
         out["export"] = f"{type(e).__name__}: {e}"
+    try:
+        import onnxruntime
+
+        onnx_path = os.path.join(workdir, "compact.onnx")
+        kap.export(compact, onnx_path, format="onnx")
+        session = onnxruntime.InferenceSession(onnx_path)
+        got = session.run(None, {session.get_inputs()[0].name: xt})[0]
+        out["onnx"] = float(np.max(np.abs(got - ref)))
+    except Exception as e:
+        out["onnx"] = f"{type(e).__name__}: {e}"
 
 
 def run_checks():

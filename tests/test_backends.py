@@ -99,8 +99,16 @@ def test_other_backend_gives_the_same_masks(backend, started, reference):
     assert other["backend"] == backend
     assert_same_run(reference, other)
     if backend == "jax":
-        # Keras exports a JAX model to a SavedModel through jax2tf.
+        # Keras exports a JAX model to a SavedModel through jax2tf; ONNX
+        # would need jax2onnx, and export says so.
         assert other["export"] == "ok"
+        assert "jax2onnx" in other["onnx"]
+    else:
+        # No SavedModel from PyTorch: export says what to do instead, and
+        # ONNX (through torch.onnx) serves the compact model's outputs.
+        assert "KERAS_BACKEND=tensorflow" in other["export"]
+        assert "format='onnx'" in other["export"]
+        assert other["onnx"] < 1e-5 * np.max(np.abs(other["conv"]["outputs"]))
 
 
 def test_reference_prunes_and_exports(reference):
@@ -110,3 +118,6 @@ def test_reference_prunes_and_exports(reference):
         assert kept < total, schedule
     if keras.backend.backend() != "torch":
         assert reference["export"] == "ok"
+    if keras.backend.backend() == "tensorflow":
+        assert reference["onnx"] < 1e-5 * np.max(
+            np.abs(reference["conv"]["outputs"]))
