@@ -78,11 +78,11 @@ class AutoPrunerCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> gated = add_gates(model, target_rate=0.25)   # keep 25% of the MACs
-    >>> gated.compile("adam", "sparse_categorical_crossentropy")
-    >>> gated.fit(x, y, epochs=4, callbacks=[AutoPrunerCallback(
-    ...     objective="global", stop_when_done=True)])
-    >>> compact = strip(gated)
+        gated = add_gates(model, target_rate=0.25)   # keep 25% of the MACs
+        gated.compile("adam", "sparse_categorical_crossentropy")
+        gated.fit(x, y, epochs=4, callbacks=[AutoPrunerCallback(
+            objective="global", stop_when_done=True)])
+        compact = strip(gated)
     """
 
     def __init__(self, schedule="controller", objective="layer", alpha=None,

@@ -75,12 +75,12 @@ def export(model, path, *, format="tf_saved_model", overwrite=False,
 
     Example:
 
-    >>> compact = strip(gated)
-    >>> export(compact, "out/pruned")                  # SavedModel
-    >>> export(compact, "out/pruned.onnx", format="onnx")
-    >>> # elsewhere, with TensorFlow only:
-    >>> served = tf.saved_model.load("out/pruned")
-    >>> y = served.serve(x)
+        compact = strip(gated)
+        export(compact, "out/pruned")                  # SavedModel
+        export(compact, "out/pruned.onnx", format="onnx")
+        # elsewhere, with TensorFlow only:
+        served = tf.saved_model.load("out/pruned")
+        y = served.serve(x)
     """
     if format not in FORMATS:
         raise ValueError(
@@ -138,8 +138,8 @@ def onnx_report(path):
 
     Example:
 
-    >>> export(compact, "pruned.onnx", format="onnx")
-    >>> print(onnx_report("pruned.onnx"))
+        export(compact, "pruned.onnx", format="onnx")
+        print(onnx_report("pruned.onnx"))
     """
     _require_onnx()
     import onnx

@@ -239,9 +239,9 @@ def kept_fraction(model_or_gates, threshold=None):
 
     Example:
 
-    >>> gated = add_gates(model, target_rate=0.5)
-    >>> # ... fit with AutoPrunerCallback ...
-    >>> share = kept_fraction(gated)["overall"]   # kept / gated filters
+        gated = add_gates(model, target_rate=0.5)
+        # ... fit with AutoPrunerCallback ...
+        share = kept_fraction(gated)["overall"]   # kept / gated filters
     """
     gates = (list(model_or_gates) if isinstance(model_or_gates, (list, tuple))
              else gates_of(model_or_gates))

@@ -27,10 +27,10 @@ class PrunedModel(keras.Model):
 
     Example:
 
-    >>> compact = attach_report(strip(gated), report)
-    >>> compact.save("pruned.keras")
-    >>> again = keras.models.load_model("pruned.keras")
-    >>> print(again.pruning_report)
+        compact = attach_report(strip(gated), report)
+        compact.save("pruned.keras")
+        again = keras.models.load_model("pruned.keras")
+        print(again.pruning_report)
     """
 
     def __init__(self, *args, pruning_report=None, **kwargs):
@@ -61,8 +61,8 @@ def attach_report(model, report):
 
     Example:
 
-    >>> compact = attach_report(compact, summary(gated, compact))
-    >>> compact.save("pruned.keras")  # the report is inside the file
+        compact = attach_report(compact, summary(gated, compact))
+        compact.save("pruned.keras")  # the report is inside the file
     """
     if not isinstance(model, keras.Model) or not hasattr(model, "outputs"):
         raise TypeError(

@@ -269,16 +269,6 @@ def test_tfds_argument_errors(tfds_mock):
         load_tfds_images("fashion_mnist", "test", 8, 2, False, normalization="z")
 
 
-@pytest.mark.parametrize("module", ["fashion_mnist", "tabular",
-                                    "study_data"])
-def test_docstring_examples_run(module):
-    import doctest
-    import importlib
-
-    mod = importlib.import_module(f"keras_autopruner.datasets.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
 
 def test_study_data_from_tfds_counts_its_steps(tfds_mock):
     from keras_autopruner import study

@@ -218,13 +218,3 @@ def test_main_prints_the_table(tiny_study, capsys):
     assert "done before, reusing scratch_r0.5_s0.json" in printed
     assert "accuracy_vs_flops.png" in printed
 
-
-@pytest.mark.parametrize("module", ["keras_autopruner.study",
-                                    "keras_autopruner.study.config",
-                                    "keras_autopruner.study.cli"])
-def test_docstring_examples_run(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.attempted > 0 and result.failed == 0
