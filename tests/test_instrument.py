@@ -224,3 +224,20 @@ def test_gating_a_gated_model_says_what_to_do():
     x = keras.Input((12, 12, 3))
     with pytest.raises(ValueError, match="already gated"):
         add_gates(keras.Model(x, gated(x)), 0.5)
+
+
+def test_keras_ops_calls_in_the_graph():
+    # MobileNetV3 builds hard-swish from keras.ops arithmetic on tensors,
+    # which the functional graph holds as bare operations (no weights).
+    x = keras.Input((6,))
+    h = keras.layers.Dense(8, name="d")(x)
+    h = h * keras.ops.relu(h + 3.0)
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    gated = add_gates(model)
+    assert [g.name for g in gates_of(gated)] == ["d_gate"]
+    for gate in gates_of(gated):
+        gate.set_mask(np.ones(gate.units, bool))
+    data = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(gated(data, training=False)),
+        keras.ops.convert_to_numpy(model(data)), rtol=1e-6, atol=1e-6)
