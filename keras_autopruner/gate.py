@@ -129,11 +129,8 @@ class AutoPrunerGate(keras.layers.Layer):
             fan_in = self.units * math.prod(
                 max(1, s // 2) for s in self._spatial
             )
-        # No weight of the gate is autocast: under a mixed precision policy
-        # the codes are still computed (and the moving averages kept) in
-        # float32, where sigmoid(alpha * logit) saturates at the same place
-        # on every policy; only the product with the input is in the
-        # layer's compute dtype.
+        # float32 and never autocast (see the class docstring): then
+        # sigmoid(alpha * logit) saturates at the same place on every policy.
         self.kernel = self.add_weight(
             name="kernel",
             shape=(fan_in, self.units),

@@ -85,12 +85,6 @@ def test_cost_model_keeps_the_union_of_coupled_branches():
     assert biased.cost(both) == pytest.approx(biased.full)
 
 
-def scored_gates(sizes, rate, min_units=1):
-    gated = kap.add_gates(models.vgg_small(widths=sizes), rate,
-                          min_units=min_units)
-    return gated
-
-
 def test_layer_budget_keeps_round_r_times_units_by_score():
     gated = kap.add_gates(models.vgg_small(), 0.3, min_units=2)
     gates = kap.gate.gates_of(gated)
