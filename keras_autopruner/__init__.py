@@ -2,6 +2,9 @@
 
 The public API lives here; the modules behind it are:
 - gate.py        AutoPrunerGate, the learned channel code
+- tracing.py     the one traced graph of a model; the only reader of
+                 Keras's graph internals
+- planner.py     plan: which layers get a gate, and why the others do not
 - instrument.py  add_gates, the graph rewrite that inserts gates
 - objective.py   the pruning term (per-layer or global budget) and kept_fraction
 - budget.py      CostModel (the stripped model's MACs/params for any masks)
@@ -21,6 +24,7 @@ from keras_autopruner.callbacks import AutoPrunerCallback
 from keras_autopruner.deploy import export
 from keras_autopruner.gate import AutoPrunerGate, set_hard_masks
 from keras_autopruner.instrument import add_gates, register_prunable
+from keras_autopruner.planner import Plan, PlanRow, plan
 from keras_autopruner.metrics import count_flops, count_params
 from keras_autopruner.objective import PruningObjective, kept_fraction
 from keras_autopruner.schedules import (AlphaSchedule, LambdaController,

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_autopruner import tracing
+
 POOLINGS = ("avg", "max")
 
 
@@ -296,7 +298,15 @@ def check_rate(rate, what="target_rate"):
 
 
 def gates_of(model):
-    """All AutoPrunerGate layers of `model`, nested models included."""
+    """All AutoPrunerGate layers of `model`, nested models included.
+
+    In the one order every part of the package uses (`CostModel.gates`,
+    the objective, the callback, `strip`): the order of their first call
+    in the traced graph, producers first.
+    """
+    if tracing.functional_of(model) is not None:
+        return [op for op in tracing.trace(model).operations()
+                if isinstance(op, AutoPrunerGate)]
     found = []
     for layer in model.layers if hasattr(model, "layers") else []:
         if isinstance(layer, AutoPrunerGate):

@@ -109,6 +109,16 @@ class ChannelGraph:
             self._link(node)
         for y in functional.outputs:
             self._pinned.append(self.channels[id(y)])
+        for call in self.graph.nodes:
+            # A mask is read whole by the layer it is handed to, and a
+            # tensor nothing reads (a layer's unused second output) is
+            # left as it is.
+            for t in call.mask_tensors:
+                self._pinned.append(self.channels[id(t)])
+            for t in call.outputs:
+                if (not self.graph.consumers[id(t)]
+                        and id(t) not in self.graph.output_ids):
+                    self._pinned.append(self.channels[id(t)])
 
     # Union-find over atoms.
 
@@ -173,7 +183,7 @@ class ChannelGraph:
         elif op.frozen_out:
             self._frozen.extend((layer, a) for a in outs)
         if op.kind == "gate":
-            self.gates[layer.name] = op
+            self.gates.setdefault(layer.name, op)
         for t, atoms in zip(node.outputs, outs):
             self.channels[id(t)] = atoms
         self.ops.append(op)
@@ -187,7 +197,7 @@ class ChannelGraph:
         if len(op.node.outputs) != 1 or not ins:
             return None
         if kind in ("gate", "channelwise"):
-            return [np.repeat(ins[0], op.repeat)]
+            return [np.repeat(ins[_source(op)], op.repeat)]
         if kind == "mix":
             # Fresh per layer, not per call: a shared layer's filters are
             # the same filters at every call.
@@ -196,6 +206,7 @@ class ChannelGraph:
                 self._layer_atoms[id(op.layer)] = self._fresh(width)
             return [self._layer_atoms[id(op.layer)]]
         if kind in ("sum", "product"):
+            ins = _carrying(op, ins)
             if any(len(a) != len(ins[0]) for a in ins):
                 return None
             for a in ins[1:]:
@@ -217,6 +228,7 @@ class ChannelGraph:
         raise KeyError(layer.name)
 
     def gate_layers(self):
+        """The gates, in graph order (the order `gates_of` gives)."""
         return [op.layer for op in self.gates.values()]
 
     def gate_channels(self, gate_name):
@@ -228,7 +240,7 @@ class ChannelGraph:
         atoms = self.channels[id(tensor)]
         return need[self.groups(atoms)] if len(atoms) else np.zeros(0, bool)
 
-    def needed(self, scales, check=True):
+    def needed(self, scales, check=True, blame=None):
         """Which groups the model needs, given what the gates multiply by.
 
         A group can go when each of its channels is zero wherever it is
@@ -241,6 +253,10 @@ class ChannelGraph:
                 means the gate removes the channel.
             check: raise when a layer strip cannot narrow would lose
                 channels; False returns the groups all the same.
+            blame: optional dict, filled with group -> the first `Op`
+                that needs it (pinned groups have none), and
+                `("spoiled", group)` -> the first channelwise `Op` that
+                turns the group's zeros into non-zero values.
 
         Returns:
             A bool array indexed by group (see `groups`): True to keep.
@@ -256,11 +272,22 @@ class ChannelGraph:
             node = op.node
             z_in = [zero[id(t)] for t in node.input_tensors]
             a_in = [self.channels[id(t)] for t in node.input_tensors]
-            if op.kind in ("mix", "unknown"):
-                # Reading a channel that is not zero needs it.
-                for z, a in zip(z_in, a_in):
-                    need[self.groups(a[~z])] = True
+            carrying = (range(len(a_in)) if op.kind in ("mix", "unknown")
+                        else _broadcast_inputs(op, len(a_in)))
+            for i in carrying:
+                # Reading a channel that is not zero needs it (a broadcast
+                # operand is read whole).
+                read = self.groups(a_in[i][~z_in[i]])
+                if blame is not None:
+                    for g in read[~need[read]].tolist():
+                        blame.setdefault(g, op)
+                need[read] = True
             z_out = _zeros_out(op, z_in, scales)
+            if blame is not None and op.kind == "channelwise" and not \
+                    op.zero_preserving:
+                src = _source(op)
+                for g in self.groups(a_in[src][z_in[src]]).tolist():
+                    blame.setdefault(("spoiled", g), op)
             for t, z in zip(node.outputs, z_out):
                 zero[id(t)] = z
         for atoms in self._pinned:
@@ -277,6 +304,15 @@ class ChannelGraph:
                     "or set their gates' codes to 1."
                 )
         return need
+
+    @property
+    def frozen(self):
+        """`(layer, atoms)` pairs: channels of layers strip cannot narrow."""
+        return list(self._frozen)
+
+    def reason(self, layer):
+        """Why strip cannot narrow `layer`."""
+        return _reason(self, layer)
 
     def scale_site(self, gate_name):
         """Where the scale of gate `gate_name` can be folded (`ScaleSite`).
@@ -319,7 +355,7 @@ class ChannelGraph:
                     and record.passes_scale):
                 zero_ok = zero_ok and op.zero_preserving
                 homog_ok = homog_ok and op.homogeneous
-                tensor = producer.input_tensors[0]
+                tensor = producer.input_tensors[_source(op)]
                 continue
             return ScaleSite(
                 error=f"{layer.name!r} ({type(layer).__name__}) stands "
@@ -332,6 +368,22 @@ def _width(tensor):
     if len(shape) < 2 or shape[-1] is None:
         return 0
     return int(shape[-1])
+
+
+def _source(op):
+    """The data input a channelwise op takes its channels from."""
+    return op.inputs[0] if op.inputs else 0
+
+
+def _carrying(op, items):
+    """The entries of `items` (one per data input) that carry channels."""
+    return items if op.inputs is None else [items[i] for i in op.inputs]
+
+
+def _broadcast_inputs(op, n):
+    """The data inputs that are broadcast along the channel axis."""
+    return [] if op.inputs is None else [i for i in range(n)
+                                         if i not in op.inputs]
 
 
 def _channels_last(layer):
@@ -363,12 +415,12 @@ def _zeros_out(op, z_in, scales):
         return [z_in[0] | (scale == 0)]
     if kind == "channelwise":
         if op.zero_preserving:
-            return [np.repeat(z_in[0], op.repeat)]
+            return [np.repeat(z_in[_source(op)], op.repeat)]
         return [np.zeros(n_out[0], bool)]
     if kind == "sum":
-        return [np.logical_and.reduce(z_in)]
+        return [np.logical_and.reduce(_carrying(op, z_in))]
     if kind == "product":
-        return [np.logical_or.reduce(z_in)]
+        return [np.logical_or.reduce(_carrying(op, z_in))]
     if kind == "concat":
         return [np.concatenate(z_in)]
     if kind == "tile":

@@ -21,10 +21,17 @@ VGG16 at about 15.5 G "FLOPs":
   layers count zero.
 * An `AutoPrunerGate` counts one multiply per element: its inference cost
   (the map that computes its code only runs in training).
-* A layer that holds weights but has no counting rule counts zero and is
-  named in `FlopCount.unknown`, so a missing rule is visible, never silent.
-  Add rules for your own layers with `register_flops`, or describe the
-  whole layer with `register_prunable` (see `registry`).
+* Wrappers count what they wrap: `TimeDistributed` the wrapped layer once
+  per step, `Bidirectional` both directions; recurrent layers (LSTM, GRU,
+  SimpleRNN) their input and recurrent kernels at every step;
+  `MultiHeadAttention` its projections, scores and weighted sums; `Dense`
+  on a `(batch, steps, features)` input once per step; `keras.ops.matmul`
+  one MAC per product. Models used as layers are walked.
+* A layer or `keras.ops` call without a counting rule (a custom layer, a
+  `Lambda`, an op such as `einsum`) counts zero and is named in
+  `FlopCount.unknown`, so a missing rule is visible, never silent. Add
+  rules for your own layers with `register_flops`, or describe the whole
+  layer with `register_prunable` (see `registry`).
 """
 
 import dataclasses
@@ -35,7 +42,7 @@ import operator
 import keras
 import numpy as np
 
-from keras_autopruner import registry
+from keras_autopruner import registry, tracing
 
 __all__ = [
     "FlopCount",
@@ -96,8 +103,8 @@ class FlopCount:
             nested model are named `"outer_model/inner_layer"`; a layer
             called several times holds the sum over its calls.
         layer_classes: layer name to its class name, for reports.
-        unknown: names of layers that hold weights but have no counting
-            rule; they contribute zero to `total`. An empty list means the
+        unknown: names of the layers and ops that have no counting rule;
+            they contribute zero to `total`. An empty list means the
             count is complete.
 
     Example:
@@ -148,7 +155,7 @@ class FlopCount:
         lines.append(f"{'total':<{name_w}}  {'':<{cls_w}}  {self.total:>15,}")
         if self.unknown:
             lines.append(
-                "layers with weights but no counting rule (counted as 0): "
+                "uncounted (no counting rule, counted as 0): "
                 + ", ".join(self.unknown)
             )
         return "\n".join(lines)
@@ -268,16 +275,6 @@ def _rule_for(layer):
     return None if record is None else record.flops
 
 
-def _graph_of(layer):
-    """Returns the functional graph behind a model, or None."""
-    if hasattr(layer, "_nodes_by_depth"):
-        return layer
-    functional = getattr(layer, "_functional", None)
-    if functional is not None and hasattr(functional, "_nodes_by_depth"):
-        return functional
-    return None
-
-
 def _example_shape(tensor, where):
     shape = tuple(tensor.shape)
     if any(d is None for d in shape[1:]):
@@ -293,47 +290,43 @@ def _same_example_shape(a, b):
     return tuple(a.shape[1:]) == tuple(b.shape[1:])
 
 
-def _walk(graph, inputs, prefix, result):
-    """Counts every node of `graph` fed with `inputs`; returns its outputs.
+def _walk(model, inputs, prefix, result):
+    """Counts every call of `model` fed with `inputs`; returns its outputs.
 
-    Shapes are taken from the graph's own tensors, node by node, so a layer
-    called twice is counted at each call's shapes. Only where the actual
-    inputs differ from the recorded ones (a nested model built for
+    Shapes are taken from the traced graph's own tensors, call by call, so
+    a layer called twice is counted at each call's shapes. Only where the
+    actual inputs differ from the recorded ones (a nested model built for
     variable sizes, or an `input_shape` override) are the outputs
     recomputed with `compute_output_spec`.
     """
+    graph = tracing.trace(model)
     tensors = {id(ref): actual for ref, actual in zip(graph.inputs, inputs)}
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input:
-                continue
-            if any(id(x) not in tensors for x in node.input_tensors):
-                continue  # Not connected to the inputs; never runs.
-            actual_in = [tensors[id(x)] for x in node.input_tensors]
-            name = prefix + op.name
-            inner = _graph_of(op)
-            if inner is not None:
-                actual_out = _walk(inner, actual_in, name + "/", result)
-            elif all(
-                _same_example_shape(a, r)
-                for a, r in zip(actual_in, node.input_tensors)
-            ):
-                actual_out = list(node.output_tensors)
-            else:
-                args, kwargs = node.arguments.fill_in(tensors)
-                actual_out = keras.tree.flatten(
-                    op.compute_output_spec(*args, **kwargs)
-                )
-            for ref, actual in zip(node.outputs, actual_out):
-                tensors[id(ref)] = actual
-            if inner is None:
-                _count_node(op, name, actual_in, actual_out, result)
+    for call in graph.nodes:
+        op = call.operation
+        refs = call.input_tensors + call.mask_tensors
+        if any(id(x) not in tensors for x in refs):
+            continue  # Not connected to the inputs; never runs.
+        actual_in = [tensors[id(x)] for x in call.input_tensors]
+        name = prefix + op.name
+        nested = tracing.is_nested_model(op)
+        if nested:
+            actual_out = _walk(op, actual_in, name + "/", result)
+        elif all(_same_example_shape(a, r)
+                 for a, r in zip(actual_in, call.input_tensors)):
+            actual_out = list(call.outputs)
+        else:
+            args, kwargs = call.fill_in(tensors)
+            actual_out = keras.tree.flatten(
+                op.compute_output_spec(*args, **kwargs))
+        for ref, actual in zip(call.outputs, actual_out):
+            tensors[id(ref)] = actual
+        if not nested:
+            _count_node(op, name, actual_in, actual_out, result)
     outputs = []
     for ref in graph.outputs:
         if id(ref) not in tensors:
             raise ValueError(
-                f"Output {ref.name} of {graph.name} is not connected to its "
+                f"Output {ref.name} of {model.name} is not connected to its "
                 "inputs, so its cost cannot be counted."
             )
         outputs.append(tensors[id(ref)])
@@ -342,14 +335,19 @@ def _walk(graph, inputs, prefix, result):
 
 def _count_node(op, name, actual_in, actual_out, result):
     rule = _rule_for(op)
-    macs = 0
+    macs = None
     if rule is not None:
         where = f"layer '{name}'"
         ins = [_example_shape(t, where) for t in actual_in]
         outs = [_example_shape(t, where) for t in actual_out]
-        macs = int(rule(op, ins, outs))
-    elif getattr(op, "weights", None) and name not in result.unknown:
-        result.unknown.append(name)
+        macs = rule(op, ins, outs)
+    if macs is None:
+        # No rule, or a wrapper around a layer without one: it may cost
+        # anything, so it is named rather than counted as free.
+        if name not in result.unknown:
+            result.unknown.append(name)
+        macs = 0
+    macs = int(macs)
     result.per_layer[name] = result.per_layer.get(name, 0) + macs
     result.layer_classes[name] = type(op).__name__
     result.total += macs
@@ -384,7 +382,7 @@ def count_flops(model, input_shape=None):
     >>> count.per_layer, count > 3000
     ({'conv': 3888}, True)
     """
-    graph = _graph_of(model)
+    graph = tracing.functional_of(model)
     if graph is None:
         raise ValueError(
             f"count_flops needs a Functional or Sequential model with a "
@@ -408,5 +406,5 @@ def count_flops(model, input_shape=None):
             for shape, ref in zip(shapes, inputs)
         ]
     result = FlopCount(total=0, per_layer={})
-    _walk(graph, inputs, "", result)
+    _walk(model, inputs, "", result)
     return result

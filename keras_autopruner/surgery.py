@@ -297,27 +297,28 @@ def _build(graph, need, folds, name):
         op = graph.op_of(layer)
         record = registry.lookup(layer)
         config = layer.get_config()
-        config["name"] = new_name
-        if op.kind in ("mix", "tile"):
+        if record is not None and op.kind != "unknown":
             kept = int(graph.kept(op.node.outputs[0], need).sum())
-            if op.kind == "mix":
-                config[record.width_key] = kept
+            if op.kind == "mix" and record.width_key:
+                record.width_config(config)[record.width_key] = kept
             elif record.resize is not None:
                 config = record.resize(config, op.node, kept)
-        return layer.__class__.from_config(config)
+        return tracing.clone_layer(layer, new_name, config)
 
     compact, layer_map = tracing.rebuild(
         graph.model, make_layer,
         skip=lambda layer: isinstance(layer, AutoPrunerGate), name=name)
     for old, new in layer_map.values():
-        if not old.weights:
+        if not getattr(old, "weights", None):
             continue
         values = _sliced(graph, old, need, folds.get(id(old)))
-        for variable in new.weights:
-            value = values[variable.name]
+        record = registry.lookup(new) or registry.LayerType()
+        for variable_name, variable in zip(record.weight_names(new),
+                                           new.weights):
+            value = values[variable_name]
             if tuple(value.shape) != tuple(variable.shape):
                 raise AssertionError(  # A bug here, never the user's input.
-                    f"strip: sliced {old.name}/{variable.name} has shape "
+                    f"strip: sliced {old.name}/{variable_name} has shape "
                     f"{value.shape}, the new layer wants {variable.shape}."
                 )
             variable.assign(value.astype(variable.dtype))
@@ -331,9 +332,14 @@ def _sliced(graph, layer, need, fold):
     """
     op = graph.op_of(layer)
     node = op.node
-    values = {v.name: keras.ops.convert_to_numpy(v) for v in layer.weights}
+    record = registry.lookup(layer) or registry.LayerType()
+    values = {name: keras.ops.convert_to_numpy(v) for name, v in
+              zip(record.weight_names(layer), layer.weights)}
     if op.kind == "unknown":
         return values  # Its channels all stay (ChannelGraph made sure).
-    return registry.lookup(layer).cut(
-        layer, values, graph.kept(node.input_tensors[0], need),
-        graph.kept(node.outputs[0], need), fold)
+    source = node.input_tensors[op.inputs[0] if op.inputs else 0] \
+        if node.input_tensors else None
+    keep_in = (graph.kept(source, need) if source is not None
+               else np.zeros(0, bool))
+    return record.cut(layer, values, keep_in,
+                      graph.kept(node.outputs[0], need), fold)

@@ -1,13 +1,26 @@
-"""Walking and rebuilding Keras functional graphs.
+"""The one traced graph of a Keras model, and the rebuilds that rewrite it.
 
-`add_gates` and `strip` both rewrite a model: the first inserts layers, the
-second replaces layers by narrower ones. Both go through `rebuild`, which
+Every stage of the package reads a model through `trace(model)`: a `Trace`
+holds each call node of the model, producers first (layers, `keras.ops`
+calls such as `x + 3.0` or `ops.sum(h, axis=1)`, and the mask ops Keras
+inserts for `Masking`), with each call's data inputs apart from the masks
+it is handed. `add_gates`, the channel graph, `CostModel`, `count_flops`,
+`strip` and the report all consume it, and a model is traced once (the
+trace is cached on the model object, whose graph never changes).
+
+`add_gates` and `strip` both rewrite a model through `rebuild`, which
 replays the model's call graph node by node, inlines nested Functional and
 Sequential models (so every layer is reachable from one flat graph), and
 lets the caller swap layers and wrap their outputs.
+
+This is the only module that reads Keras's private graph internals
+(`keras.src`, `_keras_history`, `_nodes_by_depth`, `Node.arguments`,
+`_outputs_struct`, `_functional`); `tests/test_tracing.py` pins each of
+them, so that a Keras upgrade that moves one breaks there.
 """
 
 import collections
+import weakref
 
 import keras
 from keras import tree
@@ -17,16 +30,19 @@ try:  # Keras's own class for graph networks; private, but stable across 3.x.
 except ImportError:  # pragma: no cover
     Functional = None
 
+# The keyword under which Keras hands a layer call its input's mask.
+MASK_KWARG = "mask"
+
 
 def check_traceable(model, what="add_gates"):
-    """Raise a clear error unless `model` is a Keras model we can walk."""
+    """The Functional graph behind `model`, or a clear error."""
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"{what} expects a keras.Model (Sequential or functional); got "
             f"{type(model).__name__}. Build a Keras model first, e.g. "
             "keras.Sequential([...]) or keras.Model(inputs, outputs)."
         )
-    graph = _functional_of(model)
+    graph = functional_of(model)
     if graph is None:
         if isinstance(model, keras.Sequential):
             raise ValueError(
@@ -44,7 +60,7 @@ def check_traceable(model, what="add_gates"):
     return graph
 
 
-def _functional_of(model):
+def functional_of(model):
     """The Functional graph behind `model`, or None (subclassed, unbuilt)."""
     if isinstance(model, keras.Sequential):
         return getattr(model, "_functional", None)
@@ -53,14 +69,184 @@ def _functional_of(model):
     return None
 
 
-def _is_inlinable(layer):
-    return isinstance(layer, keras.Model) and _functional_of(layer) is not None
+def is_nested_model(operation):
+    """Whether a call node's operation is a model with a graph of its own."""
+    return (isinstance(operation, keras.Model)
+            and functional_of(operation) is not None)
 
 
-def _clone(layer, name):
-    config = layer.get_config()
+def producer_of(tensor):
+    """The operation that computed a symbolic tensor."""
+    return tensor._keras_history[0]
+
+
+def op_class(fn, *shapes):
+    """The class of the operation `fn` records on symbolic inputs.
+
+    `keras.ops` functions record an operation object whose class is not
+    public (`keras.ops.add` records `Add`); the registry describes those
+    calls by tracing each function once here.
+
+    Example:
+
+    >>> op_class(lambda x: keras.ops.add(x, 1.0), (4,)).__name__
+    'Add'
+    """
+    inputs = [keras.KerasTensor((None,) + tuple(s)) for s in shapes or [(2,)]]
+    return type(producer_of(fn(*inputs)))
+
+
+def topological_nodes(graph):
+    """The Keras call nodes of a Functional graph, producers first."""
+    nodes = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                nodes.append(node)
+    return nodes
+
+
+def _symbolic(items):
+    return [t for t in tree.flatten(items) if isinstance(t, keras.KerasTensor)]
+
+
+class Call:
+    """One call node of a traced model.
+
+    Attributes:
+        node: the Keras node.
+        operation: the layer or `keras.ops` operation called.
+        input_tensors: the symbolic data inputs, in argument order; the
+            mask a layer is handed (`mask=`) is not among them.
+        mask_tensors: the masks handed to the call.
+        outputs: the output tensors.
+        constants: the positional arguments that are not tensors (the 3.0
+            of `x + 3.0`).
+    """
+
+    __slots__ = ("node", "operation", "input_tensors", "mask_tensors",
+                 "outputs", "constants")
+
+    def __init__(self, node):
+        self.node = node
+        self.operation = node.operation
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        data_kwargs = {k: v for k, v in kwargs.items() if k != MASK_KWARG}
+        self.input_tensors = _symbolic((args, data_kwargs))
+        self.mask_tensors = _symbolic(kwargs.get(MASK_KWARG))
+        self.outputs = list(node.outputs)
+        self.constants = [a for a in args
+                          if not _symbolic(a) and a is not None]
+
+    def fill_in(self, tensors):
+        """`(args, kwargs)` of the call with `tensors` (id -> tensor) in
+        place of the recorded symbolic tensors."""
+        return self.node.arguments.fill_in(tensors)
+
+    def __repr__(self):
+        return f"Call({self.operation.name!r})"
+
+
+class Trace:
+    """Every call of a model, producers first, with who reads what.
+
+    Args:
+        model: a built Sequential or functional model. Nested models are
+            calls of their own here (`nested` says whether there are any);
+            `flat(model)` inlines them.
+
+    Attributes:
+        model: the model.
+        inputs, outputs: its symbolic input and output tensors.
+        nodes: one `Call` per call node, producers first.
+        producer: `id(tensor)` -> the `Call` that computes it.
+        consumers: `id(tensor)` -> the `Call`s that read it as data.
+        output_ids: the ids of the model's output tensors.
+        nested: whether any call is a model with a graph of its own.
+    """
+
+    def __init__(self, model):
+        functional = check_traceable(model, "trace")
+        self.model = model
+        self.inputs = list(functional.inputs)
+        self.outputs = list(functional.outputs)
+        self.nodes = [Call(n) for n in topological_nodes(functional)]
+        self.producer = {}
+        self.consumers = collections.defaultdict(list)
+        self._calls = collections.defaultdict(list)
+        for call in self.nodes:
+            self._calls[id(call.operation)].append(call)
+            for t in call.outputs:
+                self.producer[id(t)] = call
+            for t in call.input_tensors:
+                self.consumers[id(t)].append(call)
+        self.output_ids = {id(t) for t in self.outputs}
+        self.nested = any(is_nested_model(c.operation) for c in self.nodes)
+
+    def nodes_of(self, operation):
+        """The calls of `operation`, in graph order."""
+        return self._calls.get(id(operation), [])
+
+    def operations(self, deep=True):
+        """Each operation once, in the order of its first call; with `deep`,
+        the operations of nested models stand in their model's place."""
+        seen, found = set(), []
+        for call in self.nodes:
+            op = call.operation
+            if id(op) in seen:
+                continue
+            seen.add(id(op))
+            if deep and is_nested_model(op):
+                found.extend(o for o in trace(op).operations()
+                             if id(o) not in seen)
+                seen.update(id(o) for o in found)
+            else:
+                found.append(op)
+        return found
+
+
+# Traces by model. A built Functional model's graph never changes, so one
+# trace serves every stage that reads the model.
+_TRACES = weakref.WeakKeyDictionary()
+
+
+def trace(model):
+    """The `Trace` of `model`, made once per model object."""
+    try:
+        cached = _TRACES.get(model)
+    except TypeError:  # not weakly referable: trace it each time
+        return Trace(model)
+    if cached is None:
+        cached = _TRACES[model] = Trace(model)
+    return cached
+
+
+# Graph is the name the channel graph and add_gates knew it by.
+Graph = trace
+
+
+def clone_layer(layer, name, config=None):
+    """A new layer like `layer` (or built from `config`), named `name`.
+
+    A layer whose config does not rebuild it (a `Lambda` refused by
+    Keras's safe mode) but that holds no weights is reused as it is: it
+    has no state to share, and the user loads nothing.
+    """
+    config = dict(layer.get_config() if config is None else config)
     config["name"] = name
-    return layer.__class__.from_config(config)
+    try:
+        return layer.__class__.from_config(config)
+    except Exception as error:
+        if getattr(layer, "weights", None) or config != {
+                **layer.get_config(), "name": name}:
+            raise
+        if name != layer.name:
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
+                f"rebuilt from its config ({error}), and reusing it would "
+                f"need the new name {name!r}. Give it a name unique in the "
+                "whole model (nested models included).") from error
+        return layer
 
 
 def rebuild(model, make_layer=None, after=None, name=None, skip=None):
@@ -86,14 +272,14 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
         use `copy_weights` or set them from `layer_map`.
     """
     graph = check_traceable(model, "rebuild")
-    make_layer = make_layer or _clone
+    make_layer = make_layer or clone_layer
     layer_map = {}
     used_names = set()
     tensors = {}
 
     new_inputs = []
     for x in graph.inputs:
-        layer_name = x._keras_history[0].name
+        layer_name = producer_of(x).name
         new_x = keras.Input(
             shape=x.shape[1:],
             batch_size=x.shape[0],
@@ -115,15 +301,14 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
         used_names.add(candidate)
         return candidate
 
-    def walk(fn_graph, tensors, prefix):
-        for node in topological_nodes(fn_graph):
-            layer = node.operation
-            args, kwargs = node.arguments.fill_in(tensors)
-            if _is_inlinable(layer):
-                inner = _functional_of(layer)
+    def walk(inner_model, tensors, prefix):
+        for call in trace(inner_model).nodes:
+            layer = call.operation
+            args, kwargs = call.fill_in(tensors)
+            if is_nested_model(layer):
+                inner = functional_of(layer)
                 inner_tensors = {}
-                flat_in = [t for t in tree.flatten((args, kwargs))
-                           if isinstance(t, keras.KerasTensor)]
+                flat_in = _symbolic((args, kwargs))
                 if len(flat_in) != len(inner.inputs):
                     raise ValueError(
                         f"Cannot inline nested model {layer.name!r}: it is "
@@ -132,7 +317,7 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
                     )
                 for ref, value in zip(inner.inputs, flat_in):
                     inner_tensors[id(ref)] = value
-                walk(inner, inner_tensors, layer.name)
+                walk(layer, inner_tensors, layer.name)
                 outputs = [inner_tensors[id(t)] for t in inner.outputs]
             elif skip is not None and skip(layer):
                 outputs = [_passed_through(layer, args, kwargs)]
@@ -145,10 +330,10 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
                 if after is not None:
                     outputs = after(layer, outputs)
                 outputs = tree.flatten(outputs)
-            for ref, value in zip(node.outputs, outputs):
+            for ref, value in zip(call.outputs, outputs):
                 tensors[id(ref)] = value
 
-    walk(graph, tensors, "")
+    walk(model, tensors, "")
     new_outputs = [tensors[id(t)] for t in graph.outputs]
     struct = getattr(graph, "_outputs_struct", None)
     if struct is not None and not isinstance(model, keras.Sequential):
@@ -160,9 +345,9 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
 
 
 def _passed_through(layer, args, kwargs):
-    """The single input of a skipped layer, which takes its output's place."""
-    flat_in = [t for t in tree.flatten((args, kwargs))
-               if isinstance(t, keras.KerasTensor)]
+    """The single data input of a skipped layer, which takes its place."""
+    data_kwargs = {k: v for k, v in kwargs.items() if k != MASK_KWARG}
+    flat_in = _symbolic((args, data_kwargs))
     if len(flat_in) != 1:
         raise ValueError(
             f"Cannot skip layer {layer.name!r}: it is called with "
@@ -172,28 +357,18 @@ def _passed_through(layer, args, kwargs):
     return flat_in[0]
 
 
-def topological_nodes(graph):
-    """The call nodes of a Functional graph, producers before consumers."""
-    nodes = []
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                nodes.append(node)
-    return nodes
-
-
 def copy_weights(layer_map):
     """Copy every original layer's weights into its same-shaped clone."""
     for old, new in layer_map.values():
-        if getattr(old, "weights", None):  # keras.ops calls have none
+        if getattr(old, "weights", None) and new is not old:
             new.set_weights(old.get_weights())
 
 
 def flatten(model, name=None):
     """A flat functional copy of `model` (nested models inlined), weights copied."""
-    flat, layer_map = rebuild(model, name=name)
+    flat_model, layer_map = rebuild(model, name=name)
     copy_weights(layer_map)
-    return flat
+    return flat_model
 
 
 def flat(model):
@@ -202,25 +377,6 @@ def flat(model):
     A copy rather than a replay with the same layers: inlined layers may
     share a name, and the copy renames them the way `add_gates` does.
     """
-    if any(isinstance(layer, keras.Model) for layer in model.layers):
+    if trace(model).nested:
         return flatten(model)
     return model
-
-
-class Graph:
-    """Producers and consumers of the tensors of a flat functional model."""
-
-    def __init__(self, model):
-        self.model = model
-        self.nodes = topological_nodes(check_traceable(model, "Graph"))
-        self.producer = {}
-        self.consumers = collections.defaultdict(list)
-        for node in self.nodes:
-            for t in node.outputs:
-                self.producer[id(t)] = node
-            for t in node.input_tensors:
-                self.consumers[id(t)].append(node)
-        self.output_ids = {id(t) for t in model.outputs}
-
-    def nodes_of(self, layer):
-        return [n for n in self.nodes if n.operation is layer]

@@ -79,10 +79,13 @@ def test_cost_model_keeps_the_union_of_coupled_branches():
     grad = cost.gradient(ones)
     assert grad[b1] == 0 and grad[b2] == 0 and grad.sum() > 0
     # A biased depthwise convolution reads the sum and turns its zero
-    # channels into non-zero ones: strip keeps them all, and so does the
-    # cost model.
-    biased = CostModel(kap.add_gates(branchy(dw_bias=True), 0.5), "flops")
-    assert biased.cost(both) == pytest.approx(biased.full)
+    # channels into non-zero ones: strip could remove none of them, so the
+    # plan gates neither branch.
+    plan = kap.plan(branchy(dw_bias=True), 0.5)
+    for name in ("b1", "b2"):
+        assert not plan.row(name).gated
+        assert "'dw' (DepthwiseConv2D) turns their zeros into non-zero" \
+            in plan.row(name).reason
 
 
 def test_layer_budget_keeps_round_r_times_units_by_score():

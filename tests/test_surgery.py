@@ -1,5 +1,7 @@
 """Tests for `keras_autopruner.surgery`: strip, its policies and summary."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -248,14 +250,14 @@ def zoo_models():
 def test_other_layer_types_strip_exactly(model):
     rng = np.random.default_rng(5)
     randomize_batch_norms(model, rng)
-    gated = kap.add_gates(model, 0.5)
-    set_masks(gated, rng)
     if model.name == "zoo_reshape":
         # Reshape((3, 4)) cuts 12 units into rows of 4: channel c and c + 4
-        # share a column. strip must refuse, naming the layer.
-        with pytest.raises(ValueError, match="reshape"):
-            kap.strip(gated)
+        # share a column. add_gates refuses before training, naming it.
+        with pytest.raises(ValueError, match="reach 'reshape"):
+            kap.add_gates(model, 0.5)
         return
+    gated = kap.add_gates(model, 0.5)
+    set_masks(gated, rng)
     compact = kap.strip(gated)
     assert_same_outputs(gated, compact, inputs_for(model))
     assert kap.count_params(compact) < kap.count_params(model)
@@ -314,21 +316,20 @@ def test_convnext_block_strips_exactly_or_refuses_clearly():
     rng = np.random.default_rng(7)
     model = convnext_block()
     # LayerNormalization reads all channels together: the stem's channels
-    # (the residual stream) cannot go, and strip says so.
+    # (the residual stream) cannot go, and the plan says so before any
+    # training. pw2 adds to that stream, so none of its channels could go
+    # either; the MLP expansion pw1 is pruned.
+    plan = kap.plan(model, 0.5)
+    assert re.search("'stem_ln'.*normalises over the channels together",
+                     plan.row("stem").reason)
+    assert "none of its channels could go" in plan.row("pw2").reason
     gated = kap.add_gates(model, 0.5)
-    set_masks(gated, rng)
-    with pytest.raises(ValueError, match="'stem_ln'.*normalises over the "
-                                         "channels together.*exclude"):
-        kap.strip(gated)
-    gated = kap.add_gates(model, 0.5, exclude=["stem"])
-    assert [g.name for g in gates_of(gated)] == ["pw1_gate", "pw2_gate"]
+    assert [g.name for g in gates_of(gated)] == ["pw1_gate"]
     set_masks(gated, rng)
     compact = kap.strip(gated)
     assert_same_outputs(gated, compact, inputs_for(model))
     assert layer_widths(compact)["pw1"] == int(
         gated.get_layer("pw1_gate").mask().sum()) < 32
-    # pw2 adds to the residual stream, which keeps every channel: its
-    # zeroed channels are folded into its kernel instead.
     assert layer_widths(compact)["pw2"] == 8
 
 
@@ -561,10 +562,13 @@ def test_coupled_branches_keep_the_union_and_zero_the_rest():
 
 
 def test_coupled_zero_through_an_activation_with_f0_nonzero_is_refused():
-    gated = kap.add_gates(coupled_model("sigmoid"), 0.5)
-    set_codes(gated, a_gate=[1, 1, 0, 0], b_gate=[1, 0, 1, 0])
-    with pytest.raises(ValueError, match="a_gate.*does not map 0 to 0"):
-        kap.strip(gated)
+    # Where b keeps a channel that a zeroes, the zero must be folded into
+    # a's weights, which the sigmoid (f(0) != 0) forbids: the plan refuses
+    # the gate before training instead of strip refusing after.
+    plan = kap.plan(coupled_model("sigmoid"), 0.5)
+    assert not plan.row("a").gated
+    assert "does not map 0 to 0" in plan.row("a").reason
+    assert plan.row("b").gated is False  # alone, nothing it zeroes can go
 
 
 # Layer collapse (FC-DNN).

@@ -81,6 +81,10 @@ class Op:
         frozen_out: the output channels cannot be removed (a mixer whose
             activation mixes channels, such as softmax).
         reason: why the layer is `"unknown"`.
+        inputs: the indices of the data inputs that carry the channels
+            (None: all). The others are broadcast along the channel axis
+            (a `(batch, steps, 1)` mask times `(batch, steps, C)`
+            features); they are read whole and couple no channel.
     """
 
     node: object
@@ -90,6 +94,7 @@ class Op:
     repeat: int = 1
     frozen_out: bool = False
     reason: str = ""
+    inputs: Optional[Tuple[int, ...]] = None
 
     @property
     def layer(self):
@@ -107,13 +112,14 @@ def unknown_flow(node):
                          f"{type(node.operation).__name__} uses channels")
 
 
-def mixer_flow(node):
+def mixer_flow(node, layer=None):
     """Reads every input channel, writes new ones through an activation.
 
     A layer without an `activation` attribute is taken to be linear in
-    each output channel.
+    each output channel. `layer` is the layer whose activation counts
+    (default: the node's own; a wrapper passes the layer it wraps).
     """
-    layer = node.operation
+    layer = node.operation if layer is None else layer
     if getattr(layer, "groups", 1) != 1:
         return unknown(node, "it is a grouped convolution")
     activation = getattr(layer, "activation", None)
@@ -183,6 +189,12 @@ class LayerType:
         refused: why the layer is not handled (a subclass that overrides
             `call`); its channels then all stay, and it is not gated or
             counted.
+        inner: for a wrapper (`TimeDistributed`): `fn(layer) -> layer`,
+            the layer it wraps; `lookup` then describes each wrapper by
+            the wrapped layer's record (see `specialise`).
+        config_of: `fn(config) -> dict`, the part of the layer's config
+            that holds `width_key` (the wrapped layer's config for a
+            wrapper). None: the config itself.
     """
 
     flow: Callable = unknown_flow
@@ -196,12 +208,20 @@ class LayerType:
     merges: bool = False
     resize: Optional[Callable] = None
     refused: str = ""
+    inner: Optional[Callable] = None
+    config_of: Optional[Callable] = None
+    # Set on the records `specialise` derives: the wrapper's own record.
+    wrapper: Optional["LayerType"] = None
 
     def width(self, layer):
         """The layer's number of filters (output channels)."""
         if self.width_key is None:
             raise TypeError(f"{type(layer).__name__} is not a prunable layer.")
-        return int(layer.get_config()[self.width_key])
+        return int(self.width_config(layer.get_config())[self.width_key])
+
+    def width_config(self, config):
+        """The dict inside `config` that holds `width_key`."""
+        return config if self.config_of is None else self.config_of(config)
 
     def _folded(self, values):
         if self.fold_into is not None:
@@ -258,9 +278,22 @@ class LayerType:
     def param_parts(self, layer, kind):
         """Weights split into (both, input only, output only, fixed)."""
         parts = [0.0, 0.0, 0.0, 0.0]
-        for w in layer.weights:
-            parts[self._part(w.name, kind)] += float(math.prod(w.shape))
+        for name, w in zip(self.weight_names(layer), layer.weights):
+            parts[self._part(name, kind)] += float(math.prod(w.shape))
         return tuple(parts)
+
+    def weight_names(self, layer):
+        """The name each of `layer.weights` goes by in `weights`.
+
+        A variable's own name, or, where that is not described (a weight
+        made without `name=`, such as ConvNeXt's LayerScale), the attribute
+        of the layer that holds it (`self.gamma = self.add_weight(...)`).
+        """
+        spec = self.weights or {}
+        attrs = {id(v): k for k, v in vars(layer).items()
+                 if k in spec and hasattr(v, "shape")}
+        return [w.name if w.name in spec or id(w) not in attrs
+                else attrs[id(w)] for w in layer.weights]
 
     def flop_parts(self, layer, kind, macs):
         """MACs split into (both, input only, output only, fixed).
@@ -273,8 +306,8 @@ class LayerType:
             return (0.0, 0.0, 0.0, 0.0)
         if kind == "mix":
             sizes = [0.0, 0.0]
-            for w in layer.weights:
-                part = self._part(w.name, kind)
+            for name, w in zip(self.weight_names(layer), layer.weights):
+                part = self._part(name, kind)
                 if part < 2:
                     sizes[part] += float(math.prod(w.shape))
             total = sum(sizes) or 1.0
@@ -355,6 +388,8 @@ def lookup(layer):
             continue
         override = next((k for k in mro[:i] if "call" in vars(k)), None)
         if override is None:
+            if record.inner is not None and not isinstance(layer, type):
+                return specialise(record, layer)
             return record
         reason = (f"{cls.__name__} subclasses {base.__name__} but overrides "
                   "call(), so the rules for its base may not hold. Describe "
@@ -363,3 +398,43 @@ def lookup(layer):
         return LayerType(refused=reason)
     return None
 
+
+
+class _WrappedCall:
+    """A call node as the wrapped layer sees it (its own flow rules read
+    the layer from `operation`)."""
+
+    def __init__(self, node, layer):
+        self._node, self.operation = node, layer
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
+
+
+def specialise(wrapper, layer):
+    """The record of one wrapper layer, from the record of what it wraps.
+
+    The wrapped layer's channel flow, width, weights and cost hold for the
+    wrapper, which applies it at every step of an extra axis; the
+    wrapper's own `flops`, if any, counts the whole call.
+    """
+    inner = wrapper.inner(layer)
+    base = lookup(inner)
+    name = type(layer).__name__
+    if base is None or base.refused:
+        why = base.refused if base is not None else (
+            f"no record describes {type(inner).__name__}")
+        return LayerType(flops=wrapper.flops, wrapper=wrapper,
+                         refused=f"{name} wraps {inner.name!r}: {why}")
+
+    def flow(node):
+        return dataclasses.replace(base.flow(_WrappedCall(node, inner)),
+                                   node=node)
+
+    def config_of(config):
+        return base.width_config(wrapper.config_of(config))
+
+    return dataclasses.replace(
+        base, flow=flow, config_of=config_of, inner=None, wrapper=wrapper,
+        flops=wrapper.flops, follows=base.follows and wrapper.follows,
+        crosses=False)
