@@ -37,6 +37,9 @@ class CostModel:
             `"params"` (stored weights, as `count_params`) or `"filters"`
             (gated channels, each counting 1).
 
+    Keep values are given one array per gate in the order of `gates`
+    (which is `gates_of(gated)`'s), or as a dict by gate name.
+
     Attributes:
         gates: the gates, in graph order.
         full: the cost with every channel kept (the model without gates).
@@ -107,6 +110,26 @@ class CostModel:
             np.zeros(0),) * 4
         self.full = self.cost([np.ones(g.units) for g in self.gates])
 
+    def _by_gate(self, values):
+        """`values` as a list in `gates` order; a dict is read by gate name."""
+        if isinstance(values, dict):
+            missing = [g.name for g in self.gates if g.name not in values]
+            extra = sorted(set(values) - {g.name for g in self.gates})
+            if missing or extra:
+                raise ValueError(
+                    f"CostModel: values are given by gate name, but gates "
+                    f"{missing} are missing and {extra} are not gates of "
+                    f"this model. Its gates: {[g.name for g in self.gates]}.")
+            return [values[g.name] for g in self.gates]
+        values = list(values)
+        if len(values) != len(self.gates) or any(
+                np.size(v) != g.units for v, g in zip(values, self.gates)):
+            raise ValueError(
+                "CostModel: give one array per gate, in the order of "
+                "CostModel.gates (that of gates_of(model)), each as long as "
+                "its gate has channels, or a dict by gate name.")
+        return values
+
     def keep_of_atoms(self, values):
         """Per-atom keep value for per-gate keep values (lists of arrays).
 
@@ -115,7 +138,7 @@ class CostModel:
         multiplies as 0.
         """
         keep = np.zeros(len(self._free))
-        for atoms, v in zip(self._gate_atoms, values):
+        for atoms, v in zip(self._gate_atoms, self._by_gate(values)):
             keep[atoms] = np.asarray(v, dtype=np.float64)
         keep[self._free] = 1.0
         group = np.zeros(len(keep))
@@ -139,6 +162,7 @@ class CostModel:
         Taken by moving all of a gate's values down by `eps` together, so
         it is what lowering that gate's mean code saves.
         """
+        values = self._by_gate(values)
         base = self.share(values)
         grad = np.zeros(len(self.gates))
         for g, v in enumerate(values):

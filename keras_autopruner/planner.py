@@ -169,15 +169,17 @@ def make_plan(model, flat, layer_map, target_rate, *, include, exclude,
             continue
         uname = user_name[id(layer)]
         width = registry.width_of(layer)
-        if min_units > width and _wanted(layer, uname, include, exclude):
+        row = PlanRow(uname, type(layer).__name__, width, False)
+        rows.append(row)
+        row.reason = _not_a_candidate(graph, layer, uname, include, exclude,
+                                      include_output)
+        if not row.reason and min_units > width:
             raise ValueError(
                 f"min_units={min_units} is more than the {width} channels "
                 f"of layer {uname!r}, so its gate could prune nothing. "
                 f"Lower min_units, or pass exclude=[{uname!r}].")
-        row = PlanRow(uname, type(layer).__name__, width, False)
-        rows.append(row)
-        row.reason = _not_a_candidate(graph, layer, uname, include, exclude,
-                                      include_output, min_units, width)
+        if not row.reason and min_units == width:
+            row.reason = f"min_units={min_units} keeps all of its channels"
         if not row.reason:
             candidates[id(layer)] = (row, layer, _gate_point(graph, layer))
     if candidates:
@@ -194,8 +196,7 @@ def make_plan(model, flat, layer_map, target_rate, *, include, exclude,
     return Plan(model.name, rows), selected
 
 
-def _not_a_candidate(graph, layer, uname, include, exclude, include_output,
-                     min_units, width):
+def _not_a_candidate(graph, layer, uname, include, exclude, include_output):
     """Why `layer` gets no trial gate, or ''."""
     if not _wanted(layer, uname, include, exclude):
         return "excluded"
@@ -210,8 +211,6 @@ def _not_a_candidate(graph, layer, uname, include, exclude, include_output,
     if any(_only_scales(graph, c) for c in calls):
         return ("it is a squeeze-and-excitation excitation: its channels "
                 "go with the features it scales")
-    if min_units >= width:
-        return f"min_units={min_units} keeps all of its {width} channels"
     return ""
 
 
@@ -299,12 +298,15 @@ def _trial(flat, candidates, include_output):
     for name in active:
         row_of[name].gated = True
         row_of[name].reason = ""
+    # What a gate controls: what goes when it and the gates its channels
+    # are coupled with (by Add, Multiply, ...) all zero every channel.
     cost = CostModel(trial, "flops")
-    ones = [np.ones(g.units) for g in cost.gates]
-    for i, g in enumerate(cost.gates):
-        values = list(ones)
-        values[i] = np.zeros(g.units)
-        row_of[g.name].macs_share = 1.0 - cost.share(values)
+    for g in cost.gates:
+        together = {h.name for h in cost.gates
+                    if groups[h.name] & groups[g.name]}
+        row_of[g.name].macs_share = 1.0 - cost.share(
+            [np.zeros(h.units) if h.name in together else np.ones(h.units)
+             for h in cost.gates])
 
 
 def _blame(blame, groups):
@@ -319,7 +321,8 @@ def _blame(blame, groups):
     if spoiler is not None:
         return (f"{name(spoiler)} turns their zeros into non-zero values, "
                 f"which {name(reader)} reads")
-    return f"{name(reader)} reads them where no gate zeroes them"
+    return (f"{name(reader)} reads them, or channels a merge joins them "
+            "to, where no gate zeroes them")
 
 
 def _check_min_units(min_units):

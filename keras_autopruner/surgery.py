@@ -309,10 +309,16 @@ def _build(graph, need, folds, name):
         graph.model, make_layer,
         skip=lambda layer: isinstance(layer, AutoPrunerGate), name=name)
     for old, new in layer_map.values():
-        if not getattr(old, "weights", None):
+        if not getattr(old, "weights", None) or new is old:
+            continue
+        record = registry.lookup(new) or registry.LayerType()
+        if graph.op_of(old).kind == "unknown" or record.weights is None:
+            # Channels all stay (ChannelGraph made sure), or the weights
+            # are not per channel: copied as they are, in order (attention
+            # holds several weights of one name).
+            new.set_weights(old.get_weights())
             continue
         values = _sliced(graph, old, need, folds.get(id(old)))
-        record = registry.lookup(new) or registry.LayerType()
         for variable_name, variable in zip(record.weight_names(new),
                                            new.weights):
             value = values[variable_name]
@@ -335,8 +341,6 @@ def _sliced(graph, layer, need, fold):
     record = registry.lookup(layer) or registry.LayerType()
     values = {name: keras.ops.convert_to_numpy(v) for name, v in
               zip(record.weight_names(layer), layer.weights)}
-    if op.kind == "unknown":
-        return values  # Its channels all stay (ChannelGraph made sure).
     source = node.input_tensors[op.inputs[0] if op.inputs else 0] \
         if node.input_tensors else None
     keep_in = (graph.kept(source, need) if source is not None

@@ -232,13 +232,13 @@ def clone_layer(layer, name, config=None):
     Keras's safe mode) but that holds no weights is reused as it is: it
     has no state to share, and the user loads nothing.
     """
-    config = dict(layer.get_config() if config is None else config)
+    config = _unbuilt(layer.get_config() if config is None else config)
     config["name"] = name
     try:
         return layer.__class__.from_config(config)
     except Exception as error:
         if getattr(layer, "weights", None) or config != {
-                **layer.get_config(), "name": name}:
+                **_unbuilt(layer.get_config()), "name": name}:
             raise
         if name != layer.name:
             raise ValueError(
@@ -247,6 +247,18 @@ def clone_layer(layer, name, config=None):
                 f"need the new name {name!r}. Give it a name unique in the "
                 "whole model (nested models included).") from error
         return layer
+
+
+def _unbuilt(config):
+    """`config` without the build shapes of the layers nested in it (the
+    layer a `TimeDistributed` wraps): the clone is built when called, at
+    the widths it is called with."""
+    if isinstance(config, dict):
+        return {k: _unbuilt(v) for k, v in config.items()
+                if k != "build_config"}
+    if isinstance(config, list):
+        return [_unbuilt(v) for v in config]
+    return config
 
 
 def rebuild(model, make_layer=None, after=None, name=None, skip=None):

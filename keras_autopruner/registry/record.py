@@ -231,7 +231,7 @@ class LayerType:
     def can_fold(self, layer):
         """'' if a scale can be folded into `layer`, else why not."""
         if self.fold_into is not None and self.fold_into and not any(
-                w.name == self.fold_into[0] for w in layer.weights):
+                w.name == self.fold_into[0] for w in weights_of(layer)):
             return (f"{layer.name!r} has no {self.fold_into[0]!r} weight to "
                     "scale")
         return ""
@@ -278,7 +278,7 @@ class LayerType:
     def param_parts(self, layer, kind):
         """Weights split into (both, input only, output only, fixed)."""
         parts = [0.0, 0.0, 0.0, 0.0]
-        for name, w in zip(self.weight_names(layer), layer.weights):
+        for name, w in zip(self.weight_names(layer), weights_of(layer)):
             parts[self._part(name, kind)] += float(math.prod(w.shape))
         return tuple(parts)
 
@@ -293,7 +293,7 @@ class LayerType:
         attrs = {id(v): k for k, v in vars(layer).items()
                  if k in spec and hasattr(v, "shape")}
         return [w.name if w.name in spec or id(w) not in attrs
-                else attrs[id(w)] for w in layer.weights]
+                else attrs[id(w)] for w in weights_of(layer)]
 
     def flop_parts(self, layer, kind, macs):
         """MACs split into (both, input only, output only, fixed).
@@ -306,7 +306,7 @@ class LayerType:
             return (0.0, 0.0, 0.0, 0.0)
         if kind == "mix":
             sizes = [0.0, 0.0]
-            for name, w in zip(self.weight_names(layer), layer.weights):
+            for name, w in zip(self.weight_names(layer), weights_of(layer)):
                 part = self._part(name, kind)
                 if part < 2:
                     sizes[part] += float(math.prod(w.shape))
@@ -328,6 +328,11 @@ class LayerType:
         if has_in and has_out:
             return 0
         return 1 if has_in else 2 if has_out else 3
+
+
+def weights_of(layer):
+    """The layer's weights; none for a `keras.ops` call."""
+    return list(getattr(layer, "weights", None) or [])
 
 
 def _index(length, keep, layer, name):
