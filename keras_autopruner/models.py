@@ -436,3 +436,32 @@ def match_cost(builder, target, measure="params", widths=None,
             hi = mid
     factor, scaled, cost, _ = best
     return factor, scaled, cost
+
+
+# One keras.applications model per family, at the smallest input it takes:
+# the zoo the strip tests and bench/zoo_plan.py run (untrained weights).
+APPLICATION_FAMILIES = {
+    "ConvNeXtTiny": 32, "DenseNet121": 32, "EfficientNetB0": 32,
+    "EfficientNetV2B0": 32, "InceptionResNetV2": 75, "InceptionV3": 75,
+    "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32,
+    "NASNetMobile": 32, "ResNet50": 32, "ResNet50V2": 32, "VGG16": 32,
+    "Xception": 71,
+}
+
+
+def application(name, classes=10):
+    """An untrained `keras.applications` model of `APPLICATION_FAMILIES`.
+
+    Returns:
+        `(model, size)`: the model, without its preprocessing layers, and
+        its input size (the input is `(size, size, 3)`).
+    """
+    if name not in APPLICATION_FAMILIES:
+        raise ValueError(f"application: unknown model {name!r}; choose one "
+                         f"of {sorted(APPLICATION_FAMILIES)}.")
+    size = APPLICATION_FAMILIES[name]
+    kwargs = dict(weights=None, input_shape=(size, size, 3), classes=classes,
+                  classifier_activation=None)
+    if name.startswith(("ConvNeXt", "EfficientNetV2", "MobileNetV3")):
+        kwargs["include_preprocessing"] = False
+    return getattr(keras.applications, name)(**kwargs), size

@@ -122,10 +122,12 @@ class Call:
         outputs: the output tensors.
         constants: the positional arguments that are not tensors (the 3.0
             of `x + 3.0`).
+        leading_constant: the first positional argument is a constant
+            (`3.0 - x`).
     """
 
     __slots__ = ("node", "operation", "input_tensors", "mask_tensors",
-                 "outputs", "constants")
+                 "outputs", "constants", "leading_constant")
 
     def __init__(self, node):
         self.node = node
@@ -137,6 +139,7 @@ class Call:
         self.outputs = list(node.outputs)
         self.constants = [a for a in args
                           if not _symbolic(a) and a is not None]
+        self.leading_constant = bool(args) and not _symbolic(args[0])
 
     def fill_in(self, tensors):
         """`(args, kwargs)` of the call with `tensors` (id -> tensor) in

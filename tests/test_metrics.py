@@ -255,3 +255,69 @@ def test_flop_count_is_usable_as_a_number():
     assert (count == "12") is False
     with pytest.raises(TypeError):
         count + "1"
+
+
+# Wrapped layers, sequences and ops, each against a count by hand.
+
+def test_rank3_dense_counts_every_step():
+    model = keras.Sequential([keras.Input((7, 5)), L.Dense(4, name="d")])
+    assert count_flops(model).per_layer == {"d": 7 * 5 * 4}
+
+
+def test_time_distributed_counts_the_wrapped_layer_at_every_step():
+    x = keras.Input((6, 8, 8, 3))
+    conv = L.TimeDistributed(L.Conv2D(4, 3), name="td_conv")(x)
+    dense = L.TimeDistributed(L.Dense(5), name="td_dense")(
+        keras.layers.Reshape((6, -1))(conv))
+    count = count_flops(keras.Model(x, dense))
+    assert count.per_layer["td_conv"] == 6 * (3 * 3 * 3 * 4) * (6 * 6)
+    assert count.per_layer["td_dense"] == 6 * (6 * 6 * 4) * 5
+    assert count.unknown == []
+
+
+def test_recurrent_and_bidirectional_layers_count_both_kernels_per_step():
+    steps, features, units = 9, 5, 4
+    x = keras.Input((steps, features))
+    lstm = L.LSTM(units, return_sequences=True, name="lstm")(x)
+    bi = L.Bidirectional(L.GRU(units), name="bi")(lstm)
+    count = count_flops(keras.Model(x, bi))
+    assert count.per_layer["lstm"] == steps * 4 * (features + units) * units
+    assert count.per_layer["bi"] == 2 * steps * 3 * (units + units) * units
+
+
+def test_attention_counts_projections_scores_and_output():
+    tq, d, heads, kd = 6, 16, 2, 8
+    x = keras.Input((tq, d))
+    y = L.MultiHeadAttention(heads, kd, name="mha")(x, x)
+    count = count_flops(keras.Model(x, y))
+    projections = 3 * tq * d * heads * kd
+    scores_and_sum = heads * tq * tq * (kd + kd)
+    output = tq * heads * kd * d
+    assert count.per_layer["mha"] == projections + scores_and_sum + output
+
+
+def test_ops_are_counted_or_named_as_uncounted():
+    x = keras.Input((4, 3))
+    scores = keras.ops.matmul(x, keras.ops.transpose(x, (0, 2, 1)))
+    mixed = keras.ops.einsum("bij,bjk->bik", scores, x)
+    count = count_flops(keras.Model(x, [scores, mixed + 1.0]))
+    matmul = next(k for k in count.per_layer if "matmul" in k)
+    assert count.per_layer[matmul] == 4 * 4 * 3
+    assert [k for k in count.unknown if "einsum" in k]
+    assert not [k for k in count.unknown if "add" in k]
+    assert "uncounted" in count.table()
+
+
+def test_lambda_and_custom_layers_with_weights_are_listed_uncounted():
+    class Scale(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=shape[-1:])
+
+        def call(self, x):
+            return x * self.w
+
+    x = keras.Input((3,))
+    h = L.Lambda(lambda t: t * 2.0, name="double")(x)
+    y = Scale(name="scale")(h)
+    count = count_flops(keras.Model(x, y))
+    assert count.unknown == ["double", "scale"]

@@ -1,8 +1,10 @@
 """Keras Applications end to end: gate, random hard masks, strip, count.
 
-For each architecture (residual Add, inverted residuals with depthwise
-convolutions, dense Concatenate, squeeze-and-excitation, separable
-convolutions) the stripped model must compute what the gated one computes
+For one model of every keras.applications family (residual Add, inverted
+residuals with depthwise convolutions, dense Concatenate, squeeze-and-
+excitation with keras.ops arithmetic, separable convolutions, LayerScale,
+Inception's scaled sums) the gates stand where the plan allows, and the
+stripped model must compute what the gated one computes
 with hard masks, and `count_flops` / `count_params` of the stripped model
 must be what `CostModel` predicted from the masks alone. Small inputs keep
 it short; most of its time goes to Keras creating variables.
@@ -13,18 +15,9 @@ import numpy as np
 import pytest
 
 import keras_autopruner as kap
+from keras_autopruner import models
 from keras_autopruner.budget import CostModel
 from keras_autopruner.gate import AutoPrunerGate, gates_of
-
-APPS = keras.applications
-
-ZOO = {
-    "ResNet50": (APPS.ResNet50, 32),
-    "MobileNetV2": (APPS.MobileNetV2, 32),
-    "DenseNet121": (APPS.DenseNet121, 32),
-    "EfficientNetB0": (APPS.EfficientNetB0, 32),
-    "Xception": (APPS.Xception, 71),
-}
 
 
 def spread_statistics(model, rng):
@@ -41,15 +34,18 @@ def spread_statistics(model, rng):
         layer.set_weights(values)
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("name", sorted(models.APPLICATION_FAMILIES))
 def test_application_strips_exactly_and_costs_as_predicted(name):
-    build, size = ZOO[name]
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    model = build(weights=None, input_shape=(size, size, 3), classes=10,
-                  classifier_activation=None)
+    model, size = models.application(name)
     spread_statistics(model, rng)
     gated = kap.add_gates(model, 0.5)
+    # Gates stand only where the plan allows, and it gates something.
+    plan = kap.plan(model, 0.5)
+    assert [g.name for g in gates_of(gated)] == [
+        f"{layer}_gate" for layer in plan.gated]
+    assert plan.gated
     masks = []
     for gate in gates_of(gated):
         mask = rng.random(gate.units) < 0.5

@@ -188,8 +188,7 @@ def _elementwise(name):
 
 
 def _constant_first(node):
-    args = node.node.arguments.args
-    return bool(args) and not isinstance(args[0], keras.KerasTensor)
+    return node.leading_constant
 
 
 def _binary_traits(name, c, first, broadcast):
