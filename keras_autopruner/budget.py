@@ -264,8 +264,11 @@ def exact_choice(gates, scores, rate, *, budget="layer", cost=None,
         raise ValueError(
             f"The budget ({rate:.3f} of the full cost) is below what the "
             f"layers' min_units alone cost "
-            f"({cost.cost(masks_for(counts(0.0))) / cost.full:.3f}). Raise "
-            "target_rate, or lower min_units in add_gates.")
+            f"({cost.cost(masks_for(counts(0.0))) / cost.full:.3f}): the "
+            "gated layers hold too small a share of the cost. Raise "
+            "target_rate, lower min_units in add_gates, or see which layers "
+            "are gated and why the others are not with "
+            "keras_autopruner.plan(model).")
     lo, hi = 0.0, 1.0 / alloc.min()
     for _ in range(40):  # the largest common scale that fits
         mid = (lo + hi) / 2

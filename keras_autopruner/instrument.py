@@ -71,7 +71,8 @@ def add_gates(
         **gate_kwargs: other `AutoPrunerGate` arguments (alpha, momentum, ...).
 
     Returns:
-        A new functional `keras.Model` with gates.
+        A new functional `keras.Model` with gates. Its `pruning_plan`
+        attribute is the `Plan` it followed (not kept in `.keras` files).
 
     Raises:
         ValueError: `model` already has gates (strip it first, or use it as
@@ -134,6 +135,9 @@ def add_gates(
         flat, make_layer=lambda layer, _: layer, after=after,
         name=name or f"{model.name}_gated",
     )
+    # strip's report names the layers left ungated, and why. (Not saved in
+    # .keras files: `plan(model)` makes it again.)
+    gated.pruning_plan = the_plan
     return gated
 
 

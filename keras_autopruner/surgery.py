@@ -152,6 +152,12 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
     if force:
         notes.append("force=True: kept channels are scaled by their soft "
                      "codes, folded into the weights.")
+    plan = getattr(gated, "pruning_plan", None)
+    ungated = [f"{r.layer} ({r.reason})" for r in getattr(plan, "rows", [])
+               if not r.gated and r.reason != "excluded"]
+    if ungated:
+        notes.append("Not gated (add_gates's plan): " + "; ".join(ungated)
+                     + ".")
     return attach_report(compact, summary(flat, compact, notes=notes))
 
 

@@ -142,3 +142,8 @@ def test_a_shared_layer_whose_calls_cannot_take_one_cut_is_left_out():
     model = keras.Model([a, b], keras.layers.Dense(2, name="out")(h))
     row = kap.plan(model).row("shared")
     assert not row.gated and "turns their zeros into non-zero" in row.reason
+    # The report of the stripped model says so too.
+    gated = kap.add_gates(model, 0.5)
+    gated.get_layer("head_gate").set_mask(np.array([1, 0, 1, 1], bool))
+    notes = " ".join(kap.strip(gated).pruning_report.notes)
+    assert "Not gated" in notes and "shared (" in notes

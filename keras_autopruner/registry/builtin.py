@@ -491,7 +491,9 @@ def _table():
                                        flops=_per_output_element))
     extra = {
         "Masking": _channelwise(_masking_flow, passes_scale=True),
-        "Permute RepeatVector": LayerType(flops=_zero),
+        "Permute": LayerType(flops=_zero),
+        # (batch, C) -> (batch, n, C): every step holds the same channels.
+        "RepeatVector": _channelwise(_kind("channelwise")),
         # Opaque: its channels all stay, unless a record describes it.
         "Lambda": LayerType(flow=_lambda_flow),
         # Preprocessing on the inputs: one multiply-add per element.
@@ -573,7 +575,8 @@ def _operations():
     reg(lambda t: ops.matmul(t, ops.transpose(t, (0, 2, 1))), LayerType(
         flops=_matmul_macs))
     for call in (lambda t: ops.transpose(t, (0, 2, 1)),
-                 lambda t: ops.reshape(t, (-1, 12)), lambda t: t[:, 0]):
+                 lambda t: ops.reshape(t, (-1, 12)), lambda t: t[:, 0],
+                 ops.softmax, ops.log_softmax):
         reg(call, LayerType(flops=_zero))
 
 
