@@ -144,6 +144,8 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
     alloc = _threshold_allocation(specs, ordered, cost, target_rate)
     masks = exact_choice(specs, ordered, target_rate, budget="global",
                          cost=cost, tolerance=tolerance, allocation=alloc)
+    masks = _refine(specs, ordered, masks, cost,
+                    float(target_rate) * cost.full, tolerance)
     return {s.name: m for s, m in zip(specs, masks)}
 
 
@@ -241,6 +243,66 @@ def _threshold_allocation(specs, scores, cost, rate):
         else:
             hi = mid - 1
     return np.array([m.mean() for m in masks_for(lo)])
+
+
+def _refine(specs, scores, masks, cost, limit, tolerance, reach=4,
+            rounds=4):
+    """Close a gap to the budget that single channels cannot close.
+
+    `exact_choice` adds one channel at a time while it fits; in a small
+    network one channel can cost more than the tolerance, and the choice
+    stops short (a 5,000-parameter net: 0.293 for a budget of 0.3, each
+    channel 0.8% of the parameters). Trading up to `reach` of one gate's
+    weakest channels for the best channels of the others that fit then
+    meets it. Each gate still keeps its best-scoring channels.
+    """
+    spent = cost.cost(masks)
+    if spent >= limit * (1 - tolerance):
+        return masks
+    units = [s.units for s in specs]
+    floors = [min(max(s.min_units, 1), s.units) for s in specs]
+    order = [np.argsort(-sc, kind="stable") for sc in scores]
+    ranked = [np.sort(sc)[::-1] for sc in scores]
+
+    def masks_of(ks):
+        out = []
+        for o, k, n in zip(order, ks, units):
+            m = np.zeros(n, bool)
+            m[o[:k]] = True
+            out.append(m)
+        return out
+
+    def fill(ks, frozen):
+        ks, value = list(ks), cost.cost(masks_of(ks))
+        while True:
+            options = sorted((g for g in range(len(ks))
+                              if g != frozen and ks[g] < units[g]),
+                             key=lambda g: -ranked[g][ks[g]])
+            for g in options:
+                ks[g] += 1
+                trial = cost.cost(masks_of(ks))
+                if trial <= limit:
+                    value = trial
+                    break
+                ks[g] -= 1
+            else:
+                return ks, value
+
+    best = [int(m.sum()) for m in masks]
+    for _ in range(rounds):
+        start = spent
+        for a in range(len(best)):
+            for d in range(1, reach + 1):
+                if best[a] - d < floors[a]:
+                    break
+                trial = list(best)
+                trial[a] -= d
+                trial, value = fill(trial, a)
+                if spent < value <= limit:
+                    best, spent = trial, value
+        if spent >= limit * (1 - tolerance) or spent == start:
+            break
+    return masks_of(best)
 
 
 def _copy(gated):
