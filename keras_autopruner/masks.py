@@ -124,21 +124,34 @@ def _layer_names(model):
 
 
 def _warn_not_removed(compact, keep):
-    kept_more = []
-    for layer_name, mask in keep.items():
+    widths = {}
+    for layer_name in keep:
         try:
-            width = int(compact.get_layer(layer_name).output.shape[-1])
+            widths[layer_name] = int(
+                compact.get_layer(layer_name).output.shape[-1])
         except (ValueError, AttributeError, TypeError):
-            continue  # renamed or called twice: nothing to compare with
-        if width > int(mask.sum()):
-            kept_more.append(f"{layer_name} ({width} kept, mask {int(mask.sum())})")
+            pass  # renamed or called twice: nothing to compare with
+    kept_more = []
+    for layer_name, width in widths.items():
+        mask = keep[layer_name]
+        if width <= int(mask.sum()):
+            continue
+        # Named layers coupled to each other keep the union of their masks,
+        # as asked; only a wider layer than that union is worth a warning.
+        peers = [keep[n] for n, w in widths.items()
+                 if w == width and keep[n].size == mask.size]
+        if int(np.logical_or.reduce(peers).sum()) == width:
+            continue
+        kept_more.append(f"{layer_name} ({width} kept, mask "
+                         f"{int(mask.sum())})")
     if kept_more:
         warnings.warn(
             "strip(keep=...): these layers keep more channels than their "
             "masks: " + ", ".join(kept_more) + ". Their channels are also "
-            "those of a coupled layer that keeps them (name every branch "
-            "of the Add in keep) or a model output; the masked channels are "
-            "zeroed in the layer's weights, not removed.",
+            "those of a coupled layer not named in keep, which keeps them "
+            "(name every branch of the Add), or a model output, whose width "
+            "does not change; the masked channels are zeroed in the layer's "
+            "weights, not removed.",
             UserWarning, stacklevel=3)
 
 
