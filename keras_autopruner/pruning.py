@@ -14,6 +14,8 @@ per-layer fractions together until the cost fits and fills the rest of the
 budget with the best remaining channels.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -146,6 +148,15 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
                          cost=cost, tolerance=tolerance, allocation=alloc)
     masks = _refine(specs, ordered, masks, cost,
                     float(target_rate) * cost.full, tolerance)
+    share = cost.share(masks)
+    if share < float(target_rate) * (1 - tolerance):
+        warnings.warn(
+            f"The chosen channels keep {share:.4f} of the "
+            f"{objective.weighting}, below the budget {target_rate} less "
+            f"its tolerance {tolerance}: the search found no choice of whole "
+            "channels closer without going over (in a small network one "
+            "channel can cost more than the tolerance).", UserWarning,
+            stacklevel=3)
     return {s.name: m for s, m in zip(specs, masks)}
 
 

@@ -94,7 +94,11 @@ def test_every_criterion_meets_every_budget(build, budget, weighting,
     rate = 0.3
     objective = (kap.PruningObjective("layer") if budget == "layer" else
                  kap.PruningObjective("global", weighting=weighting))
+    before = [g.scores() for g in kap.gate.gates_of(source)]
     compact = kap.prune(source, importance, rate, objective, data=(x, y))
+    # A gated model passed in is copied, not changed.
+    for g, b in zip(kap.gate.gates_of(source), before):
+        np.testing.assert_array_equal(g.scores(), b)
     if budget == "layer":
         for name in GATED[model.name]:
             units = model.get_layer(name).output.shape[-1]
@@ -104,7 +108,6 @@ def test_every_criterion_meets_every_budget(build, budget, weighting,
         count = kap.count_flops if weighting == "flops" else kap.count_params
         share = float(count(compact)) / float(count(model))
         assert rate * 0.98 <= share <= rate * (1 + 1e-9), share
-    # The model passed in is untouched (a gated one is copied).
     assert compact.count_params() < model.count_params()
     assert model.get_layer(GATED[model.name][0]).output.shape[-1] in (16, 64)
 
@@ -294,3 +297,13 @@ def test_normalisation_compares_layers_by_their_own_best_channel():
         "global", weighting="filters"), 0.5)
     kept = {n: m.mean() for n, m in masks.items()}
     assert 0.3 < kept["h1_gate"] < 0.7 and 0.3 < kept["h2_gate"] < 0.7
+
+
+def test_a_budget_whole_channels_cannot_meet_is_met_from_below_and_said():
+    import importance_checks
+
+    # One filter of c1 is 14% of this network's MACs.
+    model = importance_checks.network()[0]
+    with pytest.warns(UserWarning, match="keep 0.48.*below the budget 0.5"):
+        compact = kap.prune(model, "l1", 0.5)
+    assert kap.count_flops(compact) <= 0.5 * kap.count_flops(model)
