@@ -7,11 +7,21 @@ so the budgets mean the same: per layer `round(r * units)` channels, or a
 global share of MACs / parameters / filters within `tolerance` of `r` and
 never above it, never fewer than `min_units` channels in a layer.
 
-Under a global budget the layers' shares come from one threshold on the
-normalised scores (see `importance`): the channels above it, across all
-layers, are as many as the budget affords; `exact_choice` then scales those
-per-layer fractions together until the cost fits and fills the rest of the
-budget with the best remaining channels.
+How a global budget is split over the layers is `allocation`:
+
+- `"uniform"` (default): every layer keeps the same share of its channels,
+  the one share that meets the budget (what `exact_choice` does without an
+  allocation); the criterion picks the channels within each layer, and
+  the last few channels that fill the budget go to the best-scoring ones
+  across layers (after `Importance.normalise`).
+- `"threshold"`: one threshold on the normalised scores across all layers
+  sets each layer's share: the channels above it are as many as the budget
+  affords; `exact_choice` then scales those shares together until the cost
+  fits and fills the rest. This is global magnitude pruning; on vgg_small
+  it cut the first convolution to 1 of 16 filters under 'l1' (its 9-weight
+  filters' norms spread far more than the deeper layers'), and after
+  fine-tuning it was worse than "uniform" for every criterion measured
+  (BUILD_NOTES.md, issue 17).
 """
 
 import warnings
@@ -25,6 +35,9 @@ from keras_autopruner.gate import check_rate, gates_of
 from keras_autopruner.objective import PruningObjective
 
 
+ALLOCATIONS = ("uniform", "threshold")
+
+
 class _Spec:
     """What `exact_choice` reads of a gate, with the rate of this call."""
 
@@ -36,7 +49,8 @@ class _Spec:
 
 
 def prune(model, importance="l1", target_rate=0.25, objective=None,
-          data=None, *, tolerance=0.02, **add_gates_kwargs):
+          data=None, *, allocation="uniform", tolerance=0.02,
+          **add_gates_kwargs):
     """Prune `model` in one shot by an importance criterion.
 
     Gates the model (`add_gates`), scores every channel with the
@@ -58,6 +72,10 @@ def prune(model, importance="l1", target_rate=0.25, objective=None,
             `target_rate` of the MACs.
         data: batches for criteria that need data (`"taylor"`): a tuple
             `(x, y)` of arrays or an iterable of `(x, y)` batches.
+        allocation: how a global budget is split over the layers:
+            `"uniform"` (each keeps the same share of its channels) or
+            `"threshold"` (one threshold on the normalised scores); see the
+            module docstring.
         tolerance: a global budget is met within this share of the target
             (relative), never above it.
         **add_gates_kwargs: passed to `add_gates` (`include`, `exclude`,
@@ -84,7 +102,7 @@ def prune(model, importance="l1", target_rate=0.25, objective=None,
     from keras_autopruner.surgery import strip
 
     gated, criterion, masks = _choose(model, importance, target_rate,
-                                      objective, data, tolerance,
+                                      objective, data, allocation, tolerance,
                                       add_gates_kwargs)
     for gate in gates_of(gated):
         gate.set_mask(masks[gate.name])
@@ -96,7 +114,7 @@ def prune(model, importance="l1", target_rate=0.25, objective=None,
 
 
 def select_masks(gated, importance, objective, target_rate, data=None, *,
-                 tolerance=0.02):
+                 allocation="uniform", tolerance=0.02):
     """The exact choice by a criterion's scores: `{gate_name: bool mask}`.
 
     Args:
@@ -107,6 +125,7 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
             gate keeps `round(target_rate * units)` (None: each gate's own
             `target_rate`).
         data: batches for criteria that need data.
+        allocation: `"uniform"` or `"threshold"` (see `prune`).
         tolerance: the global budget's tolerance.
 
     Returns:
@@ -143,7 +162,11 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
     # CostModel's gate order need not be gates_of's: pair by name.
     specs = [_Spec(g, target_rate) for g in cost.gates]
     ordered = [scores[s.name] for s in specs]
-    alloc = _threshold_allocation(specs, ordered, cost, target_rate)
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
+    alloc = (_threshold_allocation(specs, ordered, cost, target_rate)
+             if allocation == "threshold" else None)
     masks = exact_choice(specs, ordered, target_rate, budget="global",
                          cost=cost, tolerance=tolerance, allocation=alloc)
     masks = _refine(specs, ordered, masks, cost,
@@ -160,8 +183,8 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
     return {s.name: m for s, m in zip(specs, masks)}
 
 
-def _choose(model, importance, target_rate, objective, data, tolerance,
-            add_gates_kwargs):
+def _choose(model, importance, target_rate, objective, data, allocation,
+            tolerance, add_gates_kwargs):
     from keras_autopruner.instrument import add_gates
 
     criterion = importance_lib.get(importance)
@@ -189,7 +212,7 @@ def _choose(model, importance, target_rate, objective, data, tolerance,
     rate = (None if objective.budget == "layer" and not gates_of(model)
             else target_rate)
     masks = select_masks(gated, criterion, objective, rate, data,
-                         tolerance=tolerance)
+                         allocation=allocation, tolerance=tolerance)
     return gated, criterion, masks
 
 

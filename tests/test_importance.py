@@ -65,25 +65,33 @@ def data_for(model, n=48, seed=1):
     return x, y
 
 
+_TRAINED = {}
+
+
 def trained_gates(model, x, y):
     """A gated model whose gates have seen a few batches (ranking differs
-    between channels), for the 'autopruner' criterion."""
-    gated = kap.add_gates(model, 0.5)
+    between channels), for the 'autopruner' criterion. One per network:
+    prune copies a gated model, so tests can share it."""
+    if model.name in _TRAINED:
+        return _TRAINED[model.name]
+    gated = _TRAINED[model.name] = kap.add_gates(model, 0.5)
     gated.compile("adam", "sparse_categorical_crossentropy")
     gated.fit(x, y, batch_size=16, epochs=1, verbose=0)
     return gated
 
 
 CRITERIA = ["autopruner", "l1", "l2", "bn", "taylor", "random"]
-BUDGETS = [("layer", None), ("global", "flops"), ("global", "params")]
+BUDGETS = [("layer", None, None), ("global", "flops", "uniform"),
+           ("global", "params", "uniform"), ("global", "flops", "threshold"),
+           ("global", "params", "threshold")]
 GATED = {"conv_net": ("c1", "c2", "fc"), "dense_net": ("h1", "h2")}
 
 
 @pytest.mark.parametrize("build", [conv_net, dense_net])
-@pytest.mark.parametrize("budget, weighting", BUDGETS)
+@pytest.mark.parametrize("budget, weighting, allocation", BUDGETS)
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_every_criterion_meets_every_budget(build, budget, weighting,
-                                            criterion):
+                                            allocation, criterion):
     model = randomised(build())
     x, y = data_for(model)
     source = trained_gates(model, x, y) if criterion == "autopruner" \
@@ -95,7 +103,8 @@ def test_every_criterion_meets_every_budget(build, budget, weighting,
     objective = (kap.PruningObjective("layer") if budget == "layer" else
                  kap.PruningObjective("global", weighting=weighting))
     before = [g.scores() for g in kap.gate.gates_of(source)]
-    compact = kap.prune(source, importance, rate, objective, data=(x, y))
+    compact = kap.prune(source, importance, rate, objective, data=(x, y),
+                        allocation=allocation or "uniform")
     # A gated model passed in is copied, not changed.
     for g, b in zip(kap.gate.gates_of(source), before):
         np.testing.assert_array_equal(g.scores(), b)
@@ -242,11 +251,15 @@ def test_a_user_criterion_works_through_prune():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(compact.get_layer("h1").kernel),
         kernel[:, 48:])
-    # And under a global budget (the same one-threshold rule).
+    # And under a global budget, where a layer keeps its highest indices.
     compact = kap.prune(model, HighestIndex(), 0.3,
                         kap.PruningObjective("global", weighting="params"))
     share = kap.count_params(compact) / kap.count_params(model)
     assert 0.3 * 0.98 <= share <= 0.3
+    width = compact.get_layer("h1").output.shape[-1]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(compact.get_layer("h1").kernel),
+        kernel[:, 64 - width:])
 
 
 def test_bad_criteria_are_refused_clearly():
@@ -294,7 +307,7 @@ def test_normalisation_compares_layers_by_their_own_best_channel():
 
     gated = kap.add_gates(randomised(dense_net()), 0.5)
     masks = select_masks(gated, Scaled(), kap.PruningObjective(
-        "global", weighting="filters"), 0.5)
+        "global", weighting="filters"), 0.5, allocation="threshold")
     kept = {n: m.mean() for n, m in masks.items()}
     assert 0.3 < kept["h1_gate"] < 0.7 and 0.3 < kept["h2_gate"] < 0.7
 
@@ -307,3 +320,14 @@ def test_a_budget_whole_channels_cannot_meet_is_met_from_below_and_said():
     with pytest.warns(UserWarning, match="keep 0.48.*below the budget 0.5"):
         compact = kap.prune(model, "l1", 0.5)
     assert kap.count_flops(compact) <= 0.5 * kap.count_flops(model)
+
+
+def test_uniform_allocation_keeps_the_same_share_of_every_layer():
+    gated = kap.add_gates(randomised(conv_net()), 0.5)
+    masks = select_masks(gated, "l1", "global", 0.4)
+    kept = np.array([m.mean() for m in masks.values()])
+    # One share for all (up to rounding and the channels that fill the
+    # budget), where a global threshold on L1 norms would not be.
+    assert kept.max() - kept.min() < 0.15
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        select_masks(gated, "l1", "global", 0.4, allocation="greedy")
