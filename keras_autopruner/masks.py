@@ -201,7 +201,12 @@ def cost_share(gated, weighting=None, *, masks=None):
             raise ValueError(
                 f"cost_share: masks names {name!r}, which is not a gate of "
                 f"{gated.name!r}. Gates: {sorted(chosen)}.")
-        chosen[name] = np.asarray(mask, bool)
+        mask = np.asarray(mask, bool)
+        if mask.shape != chosen[name].shape:
+            raise ValueError(
+                f"cost_share: gate {name!r} has {chosen[name].size} "
+                f"channels; its mask has shape {mask.shape}.")
+        chosen[name] = mask
     shares = {}
     for w in ([weighting] if weighting else WEIGHTINGS):
         cost = CostModel(gated, w)

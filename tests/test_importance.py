@@ -231,6 +231,18 @@ def test_taylor_needs_data_and_a_loss():
         kap.prune(model, "taylor", 0.5)
     with pytest.raises(ValueError, match="needs a loss"):
         kap.prune(model, "taylor", 0.5, data=data_for(model))
+    # An iterable of (x, y) batches gives what the same batches as arrays do.
+    x, y = data_for(model)
+    gated = kap.add_gates(model, 0.5)
+    gates = kap.gate.gates_of(gated)
+    taylor = imp.Taylor("sparse_categorical_crossentropy", batches=2,
+                        batch_size=16)
+    from_arrays = taylor.scores(gated, gates, (x, y))
+    from_batches = taylor.scores(gated, gates, iter(
+        [(x[:16], y[:16]), (x[16:32], y[16:32]), (x[32:], y[32:])]))
+    for g in gates:
+        np.testing.assert_allclose(from_batches[g.name], from_arrays[g.name],
+                                   rtol=1e-5)
     # The compiled model's loss is used when Taylor has none.
     model.compile("adam", "sparse_categorical_crossentropy")
     compact = kap.prune(model, "taylor", 0.5, data=data_for(model))

@@ -257,6 +257,8 @@ def test_cost_share_refuses_clearly():
         kap.cost_share(gated, "macs")
     with pytest.raises(ValueError, match="'c9_gate'.*Gates:"):
         kap.cost_share(gated, masks={"c9_gate": np.ones(3, bool)})
+    with pytest.raises(ValueError, match="'c1_gate' has 6 channels"):
+        kap.cost_share(gated, masks={"c1_gate": np.ones(3, bool)})
 
 
 def test_no_warning_when_masks_are_removed_as_given():
