@@ -62,7 +62,9 @@ def strip_with_masks(model, keep, **strip_kwargs):
         gated = add_gates(model, 1.0, include=list(keep),
                           include_output=True, min_units=1)
     except ValueError as err:
-        raise ValueError(f"strip(keep=...): {err}") from None
+        # add_gates speaks of its own `include`; here the user wrote `keep`.
+        message = str(err).replace("include names", "keep names")
+        raise ValueError(f"strip(keep=...): {message}") from None
     gates = {g.name: g for g in gates_of(gated)}
     for layer_name, mask in keep.items():
         gate = gates.get(f"{layer_name}_gate")
