@@ -140,6 +140,9 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
     """
     criterion = importance_lib.get(importance)
     objective = _objective(objective)
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
     if target_rate is not None or objective.budget == "global":
         check_rate(target_rate)
     gates = gates_of(gated)
@@ -162,9 +165,6 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
     # CostModel's gate order need not be gates_of's: pair by name.
     specs = [_Spec(g, target_rate) for g in cost.gates]
     ordered = [scores[s.name] for s in specs]
-    if allocation not in ALLOCATIONS:
-        raise ValueError(
-            f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
     alloc = (_threshold_allocation(specs, ordered, cost, target_rate)
              if allocation == "threshold" else None)
     masks = exact_choice(specs, ordered, target_rate, budget="global",

@@ -343,3 +343,20 @@ def test_uniform_allocation_keeps_the_same_share_of_every_layer():
     assert kept.max() - kept.min() < 0.15
     with pytest.raises(ValueError, match="allocation must be one of"):
         select_masks(gated, "l1", "global", 0.4, allocation="greedy")
+
+
+def test_prune_arguments():
+    model = randomised(dense_net())
+    # Per-layer rates pass through to add_gates under the layer budget.
+    compact = kap.prune(model, "l1", 0.5, "layer", rates={"h2": 0.25})
+    assert compact.get_layer("h1").output.shape[-1] == 32
+    assert compact.get_layer("h2").output.shape[-1] == 12
+    with pytest.raises(ValueError, match="global budget has one rate"):
+        kap.prune(model, "l1", 0.5, "global", rates={"h2": 0.25})
+    gated = kap.add_gates(model, 0.5)
+    with pytest.raises(ValueError, match="already gated.*min_units"):
+        kap.prune(gated, "l1", 0.5, min_units=2)
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        kap.prune(model, "l1", 0.5, "layer", allocation="greedy")
+    with pytest.raises(ValueError, match="objective must be"):
+        kap.prune(model, "l1", 0.5, objective=3)
