@@ -16,6 +16,10 @@ The public API lives here; the modules behind it are:
 - deploy.py      export: SavedModel or ONNX, with the pruning report
 - pruned_model.py PrunedModel, a model that keeps its report in .keras files
 - metrics.py     count_params, count_flops
+- importance.py  importance criteria (AutoPruner, L1/L2, BN scale, Taylor,
+                 random) and the Importance base class
+- pruning.py     prune: one-shot pruning by a criterion to an exact budget
+- masks.py       strip(model, keep=...) without gates, cost_share
 - datasets.py    the embedded real data and loaders for user data and tfds
 """
 
@@ -23,10 +27,15 @@ from keras_autopruner.budget import CostModel
 from keras_autopruner.callbacks import AutoPrunerCallback
 from keras_autopruner.deploy import export
 from keras_autopruner.gate import AutoPrunerGate, set_hard_masks
+from keras_autopruner.importance import (AutoPrunerImportance, BatchNormScale,
+                                         Importance, L1Norm, L2Norm,
+                                         RandomImportance, Taylor)
 from keras_autopruner.instrument import add_gates, register_prunable
+from keras_autopruner.masks import cost_share
 from keras_autopruner.planner import Plan, PlanRow, plan
 from keras_autopruner.metrics import count_flops, count_params
 from keras_autopruner.objective import PruningObjective, kept_fraction
+from keras_autopruner.pruning import prune
 from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
                                         Schedule, StepLambda)
 from keras_autopruner.surgery import PruningReport, strip, summary

@@ -179,6 +179,18 @@ class AutoPrunerCallback(keras.callbacks.Callback):
                 "keras_autopruner.add_gates(model, target_rate) and train the "
                 "model it returns."
             )
+        done = [g.name for g in self.gates
+                if float(keras.ops.convert_to_numpy(g.phase)) > 1.5]
+        if done and len(done) < len(self.gates):
+            # The callback drives all gates as one run (it reads the first
+            # gate's phase): a mix would either undo the fixed masks or
+            # leave the other gates undriven.
+            raise ValueError(
+                "AutoPrunerCallback: the masks of some gates are fixed "
+                f"(set_mask: {', '.join(done)}) and the others are not. "
+                "Call set_mask on every gate (then fit fine-tunes with "
+                "those masks), or gate only the layers to learn: "
+                "add_gates(model, rate, exclude=[...]).")
         self.objective.bind(self.model)
         if self.objective.budget == "global":
             # Refuse a budget below the min_units floor now, not at the end.

@@ -262,11 +262,25 @@ class AutoPrunerGate(keras.layers.Layer):
 
     def set_mask(self, mask):
         """Make `mask` (bool per channel) this gate's final choice: codes
-        become exactly 0/1, hard masks are on, and training keeps it."""
-        self.moving_code.assign(np.asarray(mask, "float32"))
-        self.code.assign(np.asarray(mask, "float32"))
+        become exactly 0/1, hard masks are on, and training keeps it.
+
+        The gate's phase becomes "done" (2), as after the callback's exact
+        choice, so a later `fit` (with or without `AutoPrunerCallback`)
+        trains the network with this mask and `strip` needs no `force`.
+        """
+        mask = np.asarray(mask)
+        if mask.shape != (self.units,):
+            raise ValueError(
+                f"set_mask: gate {self.name!r} has {self.units} channels; "
+                f"got a mask of shape {mask.shape}. Pass one bool per "
+                "channel.")
+        self.moving_code.assign(mask.astype("float32"))
+        self.code.assign(mask.astype("float32"))
         self.hard.assign(1.0)
         self.coef.assign(0.0)
+        # Without "done" a training step goes back to the soft code and the
+        # moving code drifts away from the mask.
+        self.phase.assign(2.0)
 
     def get_config(self):
         config = super().get_config()

@@ -235,7 +235,10 @@ def kept_fraction(model_or_gates, threshold=None):
 
     Returns:
         A dict: `"overall"` (kept filters / gated filters), `"per_gate"`
-        (gate name -> kept fraction) and `"kept"`/`"total"` filter counts.
+        (gate name -> kept fraction) and `"kept"`/`"total"` filter counts;
+        given a flat gated model, also `"flops"` and `"params"`: the share
+        of the full model's MACs and parameters the stripped model keeps
+        (see `cost_share`).
 
     Example:
 
@@ -253,9 +256,20 @@ def kept_fraction(model_or_gates, threshold=None):
     masks = [g.mask(threshold) for g in gates]
     kept = int(sum(m.sum() for m in masks))
     total = int(sum(m.size for m in masks))
-    return {
+    out = {
         "overall": kept / total,
         "per_gate": {g.name: float(m.mean()) for g, m in zip(gates, masks)},
         "kept": kept,
         "total": total,
     }
+    if not isinstance(model_or_gates, (list, tuple)):
+        # The filter share alone misleads under a MAC budget (0.575 of the
+        # filters kept 0.248 of the MACs); a model gives the costs too.
+        from keras_autopruner.masks import cost_share
+        try:
+            shares = cost_share(model_or_gates, masks={
+                g.name: m for g, m in zip(gates, masks)})
+        except ValueError:  # nested gated models: no cost model
+            shares = {}
+        out.update({k: shares[k] for k in ("flops", "params") if k in shares})
+    return out

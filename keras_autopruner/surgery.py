@@ -33,7 +33,7 @@ class SoftCodesError(ValueError):
 
 def strip(gated, threshold=None, *, force=False, tolerance=0.01,
           binary_target=0.99, on_collapse="keep_best", round_to=None,
-          name=None):
+          name=None, keep=None):
     """Build the pruned model: no gates, only the kept filters and neurons.
 
     Each gate's hard mask (`moving_code > threshold`) says which channels
@@ -86,6 +86,9 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
             channels, for accelerators that favour multiples of 8 or 16.
         name: name of the new model (default: the gated model's, with
             `_gated` replaced by `_pruned`).
+        keep: optional `{layer_name: bool mask}` for a model *without*
+            gates: prune those layers to those channels (see
+            `masks.strip_with_masks`).
 
     Returns:
         A `PrunedModel` (a functional `keras.Model`) made of standard Keras
@@ -111,6 +114,10 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
         compact.compile("adam", "sparse_categorical_crossentropy")
         compact.fit(x, y, epochs=5)
     """
+    if keep is not None:
+        from keras_autopruner.masks import strip_with_masks
+        return strip_with_masks(gated, keep, on_collapse=on_collapse,
+                                round_to=round_to, name=name)
     if on_collapse not in COLLAPSE_POLICIES:
         raise ValueError(
             f"on_collapse must be one of {COLLAPSE_POLICIES}, got "

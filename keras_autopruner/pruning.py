@@ -1,0 +1,345 @@
+"""`prune`: one-shot pruning by an importance criterion, to an exact budget.
+
+    gate the model -> score every channel -> exact choice -> strip
+
+The choice is the one `AutoPrunerCallback` ends with (`budget.exact_choice`),
+so the budgets mean the same: per layer `round(r * units)` channels, or a
+global share of MACs / parameters / filters within `tolerance` of `r` and
+never above it, never fewer than `min_units` channels in a layer.
+
+How a global budget is split over the layers is `allocation`:
+
+- `"uniform"` (default): every layer keeps the same share of its channels,
+  the one share that meets the budget (what `exact_choice` does without an
+  allocation); the criterion picks the channels within each layer, and
+  the last few channels that fill the budget go to the best-scoring ones
+  across layers (after `Importance.normalise`).
+- `"threshold"`: one threshold on the normalised scores across all layers
+  sets each layer's share: the channels above it are as many as the budget
+  affords; `exact_choice` then scales those shares together until the cost
+  fits and fills the rest. This is global magnitude pruning; on vgg_small
+  it cut the first convolution to 1 of 16 filters under 'l1' (its 9-weight
+  filters' norms spread far more than the deeper layers'), and after
+  fine-tuning it was worse than "uniform" for every criterion measured
+  (BUILD_NOTES.md, issue 17).
+"""
+
+import warnings
+
+import keras
+import numpy as np
+
+from keras_autopruner import importance as importance_lib
+from keras_autopruner.budget import CostModel, exact_choice
+from keras_autopruner.gate import check_rate, gates_of
+from keras_autopruner.objective import PruningObjective
+
+
+ALLOCATIONS = ("uniform", "threshold")
+
+
+class _Spec:
+    """What `exact_choice` reads of a gate, with the rate of this call."""
+
+    def __init__(self, gate, rate):
+        self.name = gate.name
+        self.units = int(gate.units)
+        self.min_units = int(gate.min_units)
+        self.target_rate = float(rate)
+
+
+def prune(model, importance="l1", target_rate=0.25, objective=None,
+          data=None, *, allocation="uniform", tolerance=0.02,
+          **add_gates_kwargs):
+    """Prune `model` in one shot by an importance criterion.
+
+    Gates the model (`add_gates`), scores every channel with the
+    criterion, chooses the kept channels so that the budget holds exactly
+    and returns the stripped model. The model passed in is not changed.
+
+    Args:
+        model: a Keras model without gates, or a gated model (from
+            `add_gates`, say trained with `AutoPrunerCallback`, for
+            `importance="autopruner"`); a gated model is copied, not
+            changed, and takes no `add_gates_kwargs`.
+        importance: a criterion name (`"autopruner"`, `"l1"`, `"l2"`,
+            `"bn"`, `"taylor"`, `"random"`) or an `Importance` instance.
+        target_rate: what to keep, in (0, 1]: the share of the cost for a
+            global budget, the share of each layer's filters for
+            `objective="layer"`.
+        objective: a `PruningObjective` or `"layer"` / `"global"`. Default
+            `PruningObjective("global", weighting="flops")`: keep
+            `target_rate` of the MACs.
+        data: batches for criteria that need data (`"taylor"`): a tuple
+            `(x, y)` of arrays or an iterable of `(x, y)` batches.
+        allocation: how a global budget is split over the layers:
+            `"uniform"` (each keeps the same share of its channels) or
+            `"threshold"` (one threshold on the normalised scores); see the
+            module docstring.
+        tolerance: a global budget is met within this share of the target
+            (relative), never above it.
+        **add_gates_kwargs: passed to `add_gates` (`include`, `exclude`,
+            `min_units`, `rates` for the layer budget, ...).
+
+    Returns:
+        A `PrunedModel` (see `strip`); its `pruning_report` compares it with
+        the model.
+
+    Raises:
+        ValueError: an unknown criterion or objective; a criterion that
+            needs `data` has none; the budget is below what `min_units`
+            alone costs.
+
+    Example:
+
+        compact = kap.prune(model, importance="l1", target_rate=0.25,
+                            objective=kap.PruningObjective("global",
+                                                           weighting="flops"))
+        print(compact.pruning_report)
+        compact.compile("adam", "sparse_categorical_crossentropy")
+        compact.fit(x, y, epochs=2)      # fine-tune
+    """
+    from keras_autopruner.surgery import strip
+
+    gated, criterion, masks = _choose(model, importance, target_rate,
+                                      objective, data, allocation, tolerance,
+                                      add_gates_kwargs)
+    for gate in gates_of(gated):
+        gate.set_mask(masks[gate.name])
+    compact = strip(gated, name=model.name.removesuffix("_gated")
+                    + "_pruned")
+    compact.pruning_report.notes.append(
+        f"kap.prune: importance {criterion!r}, target_rate {target_rate}.")
+    return compact
+
+
+def select_masks(gated, importance, objective, target_rate, data=None, *,
+                 allocation="uniform", tolerance=0.02):
+    """The exact choice by a criterion's scores: `{gate_name: bool mask}`.
+
+    Args:
+        gated: a flat gated model (from `add_gates`).
+        importance: a criterion name or `Importance` instance.
+        objective: a `PruningObjective` or `"layer"` / `"global"`.
+        target_rate: the budget (see `prune`); under the layer budget every
+            gate keeps `round(target_rate * units)` (None: each gate's own
+            `target_rate`).
+        data: batches for criteria that need data.
+        allocation: `"uniform"` or `"threshold"` (see `prune`).
+        tolerance: the global budget's tolerance.
+
+    Returns:
+        A dict from gate name to bool mask, ready for `gate.set_mask`.
+
+    Example:
+
+        gated = kap.add_gates(model, 0.5)
+        masks = select_masks(gated, "l2", "global", 0.5)
+        for g in kap.gate.gates_of(gated):
+            g.set_mask(masks[g.name])
+    """
+    criterion = importance_lib.get(importance)
+    objective = _objective(objective)
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
+    if target_rate is not None or objective.budget == "global":
+        check_rate(target_rate)
+    gates = gates_of(gated)
+    if not gates:
+        raise ValueError(
+            f"select_masks: model {gated.name!r} has no AutoPrunerGate; "
+            "gate it with keras_autopruner.add_gates first.")
+    if criterion.needs_data and data is None:
+        raise ValueError(
+            f"The {criterion!r} criterion needs data: pass data=(x, y) or an "
+            "iterable of (x, y) batches.")
+    raw = criterion.scores(gated, gates, data)
+    scores = criterion.normalise(_checked_scores(criterion, raw, gates))
+    if objective.budget == "layer":
+        specs = [_Spec(g, g.target_rate if target_rate is None
+                       else target_rate) for g in gates]
+        masks = exact_choice(specs, [scores[g.name] for g in gates], None)
+        return {g.name: m for g, m in zip(gates, masks)}
+    cost = CostModel(gated, objective.weighting)
+    # CostModel's gate order need not be gates_of's: pair by name.
+    specs = [_Spec(g, target_rate) for g in cost.gates]
+    ordered = [scores[s.name] for s in specs]
+    alloc = (_threshold_allocation(specs, ordered, cost, target_rate)
+             if allocation == "threshold" else None)
+    masks = exact_choice(specs, ordered, target_rate, budget="global",
+                         cost=cost, tolerance=tolerance, allocation=alloc)
+    masks = _refine(specs, ordered, masks, cost,
+                    float(target_rate) * cost.full, tolerance)
+    share = cost.share(masks)
+    if share < float(target_rate) * (1 - tolerance):
+        warnings.warn(
+            f"The chosen channels keep {share:.4f} of the "
+            f"{objective.weighting}, below the budget {target_rate} less "
+            f"its tolerance {tolerance}: the search found no choice of whole "
+            "channels closer without going over (in a small network one "
+            "channel can cost more than the tolerance).", UserWarning,
+            stacklevel=3)
+    return {s.name: m for s, m in zip(specs, masks)}
+
+
+def _choose(model, importance, target_rate, objective, data, allocation,
+            tolerance, add_gates_kwargs):
+    from keras_autopruner.instrument import add_gates
+
+    criterion = importance_lib.get(importance)
+    objective = _objective(objective)
+    check_rate(target_rate)
+    if gates_of(model):
+        if add_gates_kwargs:
+            raise ValueError(
+                f"prune: {model.name!r} is already gated, so add_gates "
+                f"arguments ({', '.join(sorted(add_gates_kwargs))}) do not "
+                "apply. Drop them, or pass the ungated model.")
+        gated = _copy(model)
+    else:
+        if objective.budget == "global" and add_gates_kwargs.get("rates"):
+            raise ValueError(
+                "prune: rates= sets per-layer rates, but a global budget has "
+                "one rate (target_rate). Use objective='layer', or drop "
+                "rates.")
+        gated = add_gates(model, target_rate, **add_gates_kwargs)
+        if getattr(model, "loss", None) is not None:
+            # For criteria that need the model's loss (Taylor).
+            gated.compile(loss=model.loss)
+    # An ungated model's gates carry target_rate (and any `rates`); a
+    # gated one is pruned to the target_rate asked for now.
+    rate = (None if objective.budget == "layer" and not gates_of(model)
+            else target_rate)
+    masks = select_masks(gated, criterion, objective, rate, data,
+                         allocation=allocation, tolerance=tolerance)
+    return gated, criterion, masks
+
+
+def _objective(objective):
+    if objective is None:
+        return PruningObjective("global", weighting="flops")
+    if isinstance(objective, str):
+        return PruningObjective(objective)
+    if isinstance(objective, PruningObjective):
+        return objective
+    raise ValueError(
+        "objective must be a PruningObjective, 'layer' or 'global'; got "
+        f"{objective!r}.")
+
+
+def _checked_scores(criterion, raw, gates):
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{criterion!r}.scores must return a dict {{gate_name: array}}; "
+            f"got {type(raw).__name__}.")
+    out = {}
+    for g in gates:
+        if g.name not in raw:
+            raise ValueError(
+                f"{criterion!r}.scores returned no scores for gate "
+                f"{g.name!r}; it must score every gate it is given.")
+        s = np.asarray(raw[g.name], np.float64).reshape(-1)
+        if s.shape != (g.units,) or not np.all(np.isfinite(s)):
+            raise ValueError(
+                f"{criterion!r}.scores for gate {g.name!r} must be "
+                f"{g.units} finite numbers; got shape "
+                f"{np.shape(raw[g.name])}"
+                f"{'' if np.all(np.isfinite(s)) else ' with NaN or inf'}.")
+        out[g.name] = s
+    return out
+
+
+def _threshold_allocation(specs, scores, cost, rate):
+    """Per-gate kept fractions at the one score threshold that fits the
+    budget: the most channels, best normalised score first across all
+    gates, each gate keeping at least its floor."""
+    flat = np.concatenate(scores)
+    order = np.argsort(-flat, kind="stable")
+    starts = np.concatenate([[0], np.cumsum([s.units for s in specs])])
+    floors = [min(max(s.min_units, 1), s.units) for s in specs]
+    best = [starts[i] + np.argsort(-sc, kind="stable")[:f]
+            for i, (sc, f) in enumerate(zip(scores, floors))]
+    limit = float(rate) * cost.full
+
+    def masks_for(k):
+        keep = np.zeros(flat.size, bool)
+        keep[order[:k]] = True
+        for b in best:
+            keep[b] = True
+        return [keep[starts[i]:starts[i + 1]] for i in range(len(specs))]
+
+    lo, hi = 0, flat.size  # cost grows with k: the largest k that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost.cost(masks_for(mid)) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return np.array([m.mean() for m in masks_for(lo)])
+
+
+def _refine(specs, scores, masks, cost, limit, tolerance, reach=4,
+            rounds=4):
+    """Close a gap to the budget that single channels cannot close.
+
+    `exact_choice` adds one channel at a time while it fits; in a small
+    network one channel can cost more than the tolerance, and the choice
+    stops short (a 5,000-parameter net: 0.293 for a budget of 0.3, each
+    channel 0.8% of the parameters). Trading up to `reach` of one gate's
+    weakest channels for the best channels of the others that fit then
+    meets it. Each gate still keeps its best-scoring channels.
+    """
+    spent = cost.cost(masks)
+    if spent >= limit * (1 - tolerance):
+        return masks
+    units = [s.units for s in specs]
+    floors = [min(max(s.min_units, 1), s.units) for s in specs]
+    order = [np.argsort(-sc, kind="stable") for sc in scores]
+    ranked = [np.sort(sc)[::-1] for sc in scores]
+
+    def masks_of(ks):
+        out = []
+        for o, k, n in zip(order, ks, units):
+            m = np.zeros(n, bool)
+            m[o[:k]] = True
+            out.append(m)
+        return out
+
+    def fill(ks, frozen):
+        ks, value = list(ks), cost.cost(masks_of(ks))
+        while True:
+            options = sorted((g for g in range(len(ks))
+                              if g != frozen and ks[g] < units[g]),
+                             key=lambda g: -ranked[g][ks[g]])
+            for g in options:
+                ks[g] += 1
+                trial = cost.cost(masks_of(ks))
+                if trial <= limit:
+                    value = trial
+                    break
+                ks[g] -= 1
+            else:
+                return ks, value
+
+    best = [int(m.sum()) for m in masks]
+    for _ in range(rounds):
+        start = spent
+        for a in range(len(best)):
+            for d in range(1, reach + 1):
+                if best[a] - d < floors[a]:
+                    break
+                trial = list(best)
+                trial[a] -= d
+                trial, value = fill(trial, a)
+                if spent < value <= limit:
+                    best, spent = trial, value
+        if spent >= limit * (1 - tolerance) or spent == start:
+            break
+    return masks_of(best)
+
+
+def _copy(gated):
+    copy = keras.models.clone_model(gated)
+    copy.set_weights(gated.get_weights())
+    return copy
