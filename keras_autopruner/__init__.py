@@ -12,15 +12,19 @@ The public API lives here; the modules behind it are:
 - surgery.py     strip (graph surgery), summary
 - deploy.py      export: SavedModel or ONNX, with the pruning report
 - pruned_model.py PrunedModel, a model that keeps its report in .keras files
+- loading.py     load_model: keras.models.load_model with this package's classes
+- checks.py      NonFiniteError: models with NaN/Inf weights are refused
 - metrics.py     count_params, count_flops
 - datasets.py    the embedded real data and loaders for user data and tfds
 """
 
 from keras_autopruner.budget import CostModel
 from keras_autopruner.callbacks import AutoPrunerCallback
+from keras_autopruner.checks import NonFiniteError
 from keras_autopruner.deploy import export
 from keras_autopruner.gate import AutoPrunerGate, set_hard_masks
 from keras_autopruner.instrument import add_gates, register_prunable
+from keras_autopruner.loading import load_model
 from keras_autopruner.metrics import count_flops, count_params
 from keras_autopruner.objective import PruningObjective, kept_fraction
 from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
