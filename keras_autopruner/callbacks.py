@@ -237,6 +237,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
                 self._sync()
                 self._check_finite(logs)
                 self._begin_pushing(logs or {})
+                self._finite = self._snapshot()
             elif self._epoch_may_end(batch):
                 self._write_step()
             return
@@ -248,6 +249,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             self._sync()
             self._check_finite(logs)
             self._control(final=final)
+            self._finite = self._snapshot()
         elif self._epoch_may_end(batch):
             self._write_step()
 
@@ -278,8 +280,8 @@ class AutoPrunerCallback(keras.callbacks.Callback):
     def _check_finite(self, logs):
         """Stop the run on a NaN or Inf loss or weight, naming it.
 
-        The gates are put back to their last finite state (the previous
-        control step's) before raising, so that the model's pruning state
+        The gates are put back to their last finite state (as the previous
+        control step left them) before raising, so that the model's pruning state
         stays usable and saved checkpoints are not overwritten with NaN
         gates by a later save.
         """
@@ -287,17 +289,17 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         bad_loss = loss is not None and not np.isfinite(float(loss))
         bad = nonfinite_weights(self.model, trainable_only=True)
         if not bad and not bad_loss:
-            self._finite = self._snapshot()
             return
         for g, values in zip(self.gates, self._finite or []):
             for v, value in zip(g.weights, values):
                 v.assign(value)
         self.model.stop_training = True
-        what = (describe(bad) if bad else "the loss")
+        what = (f"the weights of {describe(bad)} are" if bad
+                else "the loss is")
         raise NonFiniteError(
             f"AutoPrunerCallback: at optimizer step {self._steps} of the "
-            f"pruning run the loss is {loss} and {what} "
-            f"{'hold' if bad else 'is'} NaN or Inf; training stopped. The "
+            f"pruning run (loss {loss}), {what} NaN or Inf; training "
+            "stopped. The "
             "gates were put back to their last finite state (the previous "
             "control step), but the other weights diverged: restore the "
             "model from a checkpoint (BackupAndRestore or ModelCheckpoint), "

@@ -15,14 +15,16 @@ class NonFiniteError(ValueError):
     """A model's weights (or the training loss) hold NaN or Inf."""
 
 
-def _leaves(layer, prefix=""):
-    """(path, layer) for every layer of `layer` that is not a model."""
+def _leaves(layer, prefix=None):
+    """(path, layer) for every layer of `layer` that is not a model; the
+    path names the nested models below the top one (`"inner/conv"`)."""
     sub = getattr(layer, "layers", None)
     if isinstance(layer, keras.Model) and sub is not None:
+        inner = "" if prefix is None else f"{prefix}{layer.name}/"
         for child in sub:
-            yield from _leaves(child, f"{prefix}{layer.name}/")
+            yield from _leaves(child, inner)
     else:
-        yield f"{prefix}{layer.name}", layer
+        yield f"{prefix or ''}{layer.name}", layer
 
 
 def nonfinite_weights(model, trainable_only=False):
@@ -47,7 +49,7 @@ def nonfinite_weights(model, trainable_only=False):
     []
     """
     found, seen = [], set()
-    for path, layer in _leaves(model, ""):
+    for path, layer in _leaves(model):
         weights = layer.trainable_weights if trainable_only else layer.weights
         for w in weights:
             if id(w) in seen:
