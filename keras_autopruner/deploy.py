@@ -437,4 +437,12 @@ def _ensure_called(model):
         shape = [1 if d is None else d for d in spec.shape]
         return np.zeros(shape, dtype=spec.dtype or "float32")
 
-    model(keras.tree.map_structure(zeros, model.input), training=False)
+    # A functional model's inputs keep their structure (a dict of named
+    # inputs, say) in `_inputs_struct`; a Sequential one has one input.
+    structure = getattr(model, "_inputs_struct", None)
+    if structure is None:
+        inputs = getattr(model, "inputs", None) or []
+        if len(inputs) != 1:
+            return  # Nothing to build from: Keras says what it needs.
+        structure = inputs[0]
+    model(keras.tree.map_structure(zeros, structure), training=False)
