@@ -331,11 +331,11 @@ def _check_existing(path, format, overwrite):
                 f"export: {path!r} already holds an export. Choose another "
                 "path, or pass overwrite=True to replace it.")
         return
-    kind = ("SavedModel directory with pruning_report.json"
+    kind = ("a SavedModel directory with pruning_report.json"
             if format == "tf_saved_model" else
-            "ONNX file carrying this package's report")
+            "an ONNX file carrying this package's report")
     raise FileExistsError(
-        f"export: {path!r} exists and is {_describe(path)}, not a {kind} "
+        f"export: {path!r} exists and is {_describe(path)}, not {kind} "
         "written by export, so it is left alone"
         f"{' (overwrite=True only replaces an earlier export)' if overwrite else ''}."
         " Choose a new path, or move it away yourself.")
