@@ -434,14 +434,16 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             self._write_state()
 
     def on_train_end(self, logs=None):
-        if self.state is None or self.state.phase == S.DONE or (
-                not self.finish_on_train_end):
-            return
-        if self._fit_steps == 0:
+        if self._fit_steps == 0 and not self.done:
+            # Empty data, or initial_epoch >= epochs: Keras may still call
+            # on_train_batch_begin, never on_train_batch_end.
             warnings.warn(
                 "AutoPrunerCallback: fit trained no step (is the data empty?"
                 "); the gates are left as they were and no choice was made.",
                 stacklevel=2)
+            return
+        if self.state is None or self.state.phase == S.DONE or (
+                not self.finish_on_train_end):
             return
         pushed = self._steps - self._push_start
         if self.state.phase != S.PUSHING or pushed < 1:

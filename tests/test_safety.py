@@ -47,17 +47,19 @@ def assert_same_state(a, b):
             np.testing.assert_array_equal(va, vb)
 
 
-@pytest.mark.parametrize("kind", ["numpy", "dataset"])
+@pytest.mark.parametrize("kind", ["numpy", "dataset", "no_epoch"])
 def test_empty_fit_leaves_the_gates_and_a_later_fit_prunes(kind):
     gated = gated_net()
     before = gate_state(gated)
     x, y = data()
-    empty = (x[:0], y[:0])
+    empty, extra = (x[:0], y[:0]), {}
     if kind == "dataset":
         empty = (tf.data.Dataset.from_tensor_slices(empty).batch(16),)
+    if kind == "no_epoch":  # initial_epoch == epochs: no batch at all
+        empty, extra = (x, y), dict(initial_epoch=2)
     cb = kap.AutoPrunerCallback(objective="layer", control_every=3)
     with pytest.warns(UserWarning, match="trained no step"):
-        gated.fit(*empty, epochs=2, verbose=0, callbacks=[cb])
+        gated.fit(*empty, epochs=2, verbose=0, callbacks=[cb], **extra)
     assert not cb.done
     assert_same_state(before, gate_state(gated))
     # A real fit afterwards prunes to the exact per-layer choice.
