@@ -87,6 +87,7 @@ def prune(full_weights, schedule, alpha, data, args, max_epochs):
     full.set_weights(full_weights)
     gated = compile_model(kap.add_gates(full, target_rate=args.rate))
     cb = kap.AutoPrunerCallback(schedule=schedule, alpha=alpha,
+                                objective="layer",
                                 stop_when_done=True, tolerance=0.02)
     start = time.time()
     history = gated.fit(x, y, batch_size=args.batch_size,

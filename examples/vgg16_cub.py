@@ -225,7 +225,8 @@ def _run(out, dataset, data_dir, image_size, batch_size, rates, schedule,
         compile_(gated)
         lam = (kap.StepLambda(every=step_every * _steps_per_epoch(
             train_data())) if schedule == "step" else schedule)
-        callback = kap.AutoPrunerCallback(schedule=lam, stop_when_done=True,
+        callback = kap.AutoPrunerCallback(schedule=lam, objective="layer",
+                                          stop_when_done=True,
                                           per_gate_logs=True)
         _say(f"rate {rate:g}: pruning, at most {prune_epochs} epochs "
              f"({schedule} schedule)...")

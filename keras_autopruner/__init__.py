@@ -15,6 +15,8 @@ The public API lives here; the modules behind it are:
 - surgery.py     strip (graph surgery), summary
 - deploy.py      export: SavedModel or ONNX, with the pruning report
 - pruned_model.py PrunedModel, a model that keeps its report in .keras files
+- loading.py     load_model: keras.models.load_model with this package's classes
+- checks.py      NonFiniteError: models with NaN/Inf weights are refused
 - metrics.py     count_params, count_flops
 - importance.py  importance criteria (AutoPruner, L1/L2, BN scale, Taylor,
                  random) and the Importance base class
@@ -25,12 +27,14 @@ The public API lives here; the modules behind it are:
 
 from keras_autopruner.budget import CostModel
 from keras_autopruner.callbacks import AutoPrunerCallback
+from keras_autopruner.checks import NonFiniteError
 from keras_autopruner.deploy import export
 from keras_autopruner.gate import AutoPrunerGate, set_hard_masks
 from keras_autopruner.importance import (AutoPrunerImportance, BatchNormScale,
                                          Importance, L1Norm, L2Norm,
                                          RandomImportance, Taylor)
 from keras_autopruner.instrument import add_gates, register_prunable
+from keras_autopruner.loading import load_model
 from keras_autopruner.masks import cost_share
 from keras_autopruner.planner import Plan, PlanRow, plan
 from keras_autopruner.metrics import count_flops, count_params

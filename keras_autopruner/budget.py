@@ -310,5 +310,6 @@ def cost_model(gated, weighting):
         raise ValueError(
             "A global budget needs the flat gated model that add_gates "
             f"returns; {gated.name!r} nests models. Gate the inner model "
-            "with add_gates (it flattens) and train that.")
+            "with add_gates (it flattens) and train that, or use the "
+            "per-layer budget: AutoPrunerCallback(objective='layer').")
     return CostModel(gated, weighting)

@@ -1,11 +1,13 @@
 """AutoPrunerCallback: drives lambda, mu and alpha during `model.fit`."""
 
+import numbers
 import warnings
 
 import keras
 import numpy as np
 
 from keras_autopruner import schedules as S
+from keras_autopruner.checks import NonFiniteError, describe, nonfinite_weights
 from keras_autopruner.gate import gates_of, set_hard_masks
 from keras_autopruner.objective import (PruningObjective, binary_share,
                                         kept_fraction)
@@ -16,8 +18,13 @@ class AutoPrunerCallback(keras.callbacks.Callback):
     """Runs AutoPruner's training loop around `fit`, in optimizer steps.
 
     The model's loss becomes `L_cla + mu * lambda * L_pru`:
-    - `L_pru` comes from the objective: the per-layer budget, or a global
-      budget of MACs, parameters or filters (`PruningObjective`);
+    - `L_pru` comes from the objective. By default the global budget of
+      MACs (`PruningObjective("global", weighting="flops")`): `add_gates(
+      model, 0.3)` then means "keep 30% of the MACs", and the layers keep
+      different fractions, the cheapest to lose going first; this is what
+      users budget. `objective="layer"` is the published method (each
+      layer keeps `round(r * units)` filters): use it to reproduce the
+      paper or when every layer must keep the same rate;
     - `mu` is `L_cla / max(L_pru, tolerance**2)` measured on the batch
       where pushing starts, so lambda = 1 weighs the two terms equally;
     - `lambda` follows the schedule: the adaptive `LambdaController`
@@ -47,7 +54,19 @@ class AutoPrunerCallback(keras.callbacks.Callback):
     hard 0/1 masks, so `val_*` metrics are those of the network `strip`
     would build. The state (phase, step, lambda, mu, alpha, the controller's
     last miss) lives in the gates' weights, so a model saved and loaded
-    mid-run resumes where it was, with a new callback.
+    mid-run resumes where it was, with a new callback. It is read at the
+    first training batch of each `fit`, after `keras.callbacks.
+    BackupAndRestore` has restored the weights, and the step count is kept
+    current in the gates at every epoch end, before any callback saves: a
+    run killed at any step and restarted under `BackupAndRestore` (in
+    either callback order) continues exactly as if never stopped.
+
+    Safety: a `fit` that trains no step (empty data) leaves the gates as
+    they were, and warns; the exact choice is only made after at least one
+    pushed step. At every control step the loss and every trainable weight
+    are checked: on a NaN or an Inf training stops with `NonFiniteError`
+    (a ValueError) naming the step and the layer, and the gates are put
+    back to their last finite state.
 
     It runs on the TensorFlow, JAX and PyTorch backends, inside
     `tf.distribute.MirroredStrategy` and under `keras.distribution`
@@ -56,8 +75,9 @@ class AutoPrunerCallback(keras.callbacks.Callback):
 
     Args:
         schedule: `"controller"` (default), `"step"`, or a `Schedule`.
-        objective: `"layer"` (default), `"global"` (MACs), or a
-            `PruningObjective`.
+        objective: `"global"` (default: the MAC budget,
+            `PruningObjective("global", weighting="flops")`), `"layer"`
+            (the published per-layer budget), or a `PruningObjective`.
         alpha: an `AlphaSchedule` (default `AlphaSchedule()`).
         control_every: optimizer steps between control updates.
         warmup_steps: optimizer steps without pruning pressure first (for
@@ -67,12 +87,15 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         tolerance: accepted distance of the kept fraction (or cost share)
             from the target while pushing; relative distance of the final
             global choice.
-        binary_tolerance: a code within this of 0 or 1 counts as binary.
+        binary_tolerance: a code within this of 0 or 1 counts as binary;
+            in (0, 0.5).
         binary_target: share of binary codes at which pruning is done.
         stop_when_done: end training once the choice is made.
         finish_on_train_end: make the exact choice when `fit` returns with
-            pruning unfinished. Pass False to prune across several `fit`
-            calls.
+            pruning unfinished (default True: a `fit` that returns ends the
+            run). Pass False to prune across several `fit` calls (chunked
+            fitting); the run then ends when the codes are binary or
+            `prune_steps` are spent.
         per_gate_logs: add `kept_<gate name>` to the logs.
         hard_validation: validate with hard masks (default True).
 
@@ -80,12 +103,16 @@ class AutoPrunerCallback(keras.callbacks.Callback):
 
         gated = add_gates(model, target_rate=0.25)   # keep 25% of the MACs
         gated.compile("adam", "sparse_categorical_crossentropy")
-        gated.fit(x, y, epochs=4, callbacks=[AutoPrunerCallback(
-            objective="global", stop_when_done=True)])
+        gated.fit(x, y, epochs=4, callbacks=[
+            AutoPrunerCallback(stop_when_done=True),
+            keras.callbacks.BackupAndRestore("backup")])  # survives a kill
         compact = strip(gated)
+
+        # The published per-layer budget: every layer keeps 25%.
+        AutoPrunerCallback(objective="layer")
     """
 
-    def __init__(self, schedule="controller", objective="layer", alpha=None,
+    def __init__(self, schedule="controller", objective="global", alpha=None,
                  control_every=10, warmup_steps=0, prune_steps=None,
                  tolerance=0.02, binary_tolerance=0.01, binary_target=0.99,
                  stop_when_done=False, finish_on_train_end=True,
@@ -104,22 +131,16 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         if not isinstance(self.alpha_schedule, S.AlphaSchedule):
             raise TypeError(
                 f"alpha must be an AlphaSchedule, got {alpha!r}.")
-        for name, value in (("control_every", control_every),
-                            ("warmup_steps", warmup_steps)):
-            if int(value) != value or value < (1 if name[0] == "c" else 0):
-                raise ValueError(
-                    f"{name} must be a whole number of steps "
-                    f"({'>= 1' if name[0] == 'c' else '>= 0'}), got {value!r}.")
-        if prune_steps is not None and (
-                int(prune_steps) != prune_steps or prune_steps < 1):
-            raise ValueError(
-                f"prune_steps must be a positive number of steps or None, "
-                f"got {prune_steps!r}.")
-        if not 0 < tolerance < 1:
-            raise ValueError(f"tolerance must be in (0, 1), got {tolerance}.")
-        if not 0 < binary_target <= 1:
-            raise ValueError(
-                f"binary_target must be in (0, 1], got {binary_target}.")
+        _steps_arg("control_every", control_every, 1)
+        _steps_arg("warmup_steps", warmup_steps, 0)
+        if prune_steps is not None:
+            _steps_arg("prune_steps", prune_steps, 1, none_ok=True)
+        _range_arg("tolerance", tolerance, 0, 1, "(0, 1)",
+                   "e.g. 0.02 for 2%")
+        _range_arg("binary_tolerance", binary_tolerance, 0, 0.5, "(0, 0.5)",
+                   "e.g. 0.01: a code below 0.01 or above 0.99 is binary")
+        _range_arg("binary_target", binary_target, 0, 1, "(0, 1]",
+                   "e.g. 0.99", hi_closed=True)
         self.control_every = int(control_every)
         self.warmup_steps = int(warmup_steps)
         self.prune_steps = None if prune_steps is None else int(prune_steps)
@@ -133,6 +154,9 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self.state = None
         self.gates = []
         self.result = None
+        self._started = False
+        self._fit_steps = 0
+        self._finite = None
 
     # -- the state kept in the gates -------------------------------------
     def _read_state(self):
@@ -195,19 +219,39 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         if self.objective.budget == "global":
             # Refuse a budget below the min_units floor now, not at the end.
             self.objective.choose(self.gates, self.tolerance)
-        self._read_state()
-        if self.state.phase == S.PUSHING:
-            self._push()
+        # The run's state is read at the first batch, not here: callbacks
+        # listed after this one (BackupAndRestore) restore the weights in
+        # their own on_train_begin.
+        self._started = False
+        self._fit_steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._started:
+            self._started = True
+            self._sync()
+            self._read_state()
+            # The pushing terms (coef, center) live in the gates with the
+            # rest, saved and restored with them: they are not recomputed
+            # here, so a resumed run trains on the terms the uninterrupted
+            # one had.
+            self._finite = self._snapshot()
 
     def on_train_batch_end(self, batch, logs=None):
         st = self.state
+        if st is None:
+            return
+        self._fit_steps += 1
         if st.phase == S.DONE:
             return
         self._steps += 1
         if st.phase == S.WARMUP:
             if self._steps >= self._push_start:
                 self._sync()
+                self._check_finite(logs)
                 self._begin_pushing(logs or {})
+                self._finite = self._snapshot()
+            elif self._epoch_may_end(batch):
+                self._write_step()
             return
         st.step = self._steps - self._push_start
         st.budget_used = (st.step / self.prune_steps if self.prune_steps
@@ -215,7 +259,65 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         final = bool(self.prune_steps) and st.step >= self.prune_steps
         if final or st.step % self.control_every == 0:
             self._sync()
+            self._check_finite(logs)
             self._control(final=final)
+            self._finite = self._snapshot()
+        elif self._epoch_may_end(batch):
+            self._write_step()
+
+    def _epoch_may_end(self, batch):
+        """Whether this batch may be the epoch's last.
+
+        Keras saves (`BackupAndRestore`, `ModelCheckpoint`) in
+        `on_epoch_end`, maybe before this callback's own `on_epoch_end`
+        runs, so the step count must be in the gates by then. It is written
+        at the epoch's last batch when Keras knows the epoch length, and at
+        every batch when it does not.
+        """
+        steps = (self.params or {}).get("steps")
+        return not steps or batch + 1 >= steps
+
+    def _write_step(self):
+        self._sync()
+        for g in self.gates:
+            g.step.assign(float(self._steps))
+
+    # -- non-finite values -------------------------------------------------
+    def _snapshot(self):
+        """The gates' variables as NumPy copies: their last finite state."""
+        ops = keras.ops
+        return [[np.array(ops.convert_to_numpy(ops.convert_to_tensor(v)))
+                 for v in g.weights] for g in self.gates]
+
+    def _check_finite(self, logs):
+        """Stop the run on a NaN or Inf loss or weight, naming it.
+
+        The gates are put back to their last finite state (as the previous
+        control step left them) before raising, so that the model's pruning state
+        stays usable and saved checkpoints are not overwritten with NaN
+        gates by a later save.
+        """
+        loss = (logs or {}).get("loss")
+        bad_loss = loss is not None and not np.isfinite(float(loss))
+        bad = nonfinite_weights(self.model, trainable_only=True)
+        if not bad and not bad_loss:
+            return
+        for g, values in zip(self.gates, self._finite or []):
+            for v, value in zip(g.weights, values):
+                v.assign(value)
+        self.model.stop_training = True
+        what = (f"the weights of {describe(bad)} are" if bad
+                else "the loss is")
+        raise NonFiniteError(
+            f"AutoPrunerCallback: at optimizer step {self._steps} of the "
+            f"pruning run (loss {loss}), {what} NaN or Inf; training "
+            "stopped. The "
+            "gates were put back to their last finite state (the previous "
+            "control step), but the other weights diverged: restore the "
+            "model from a checkpoint (BackupAndRestore or ModelCheckpoint), "
+            "then lower the learning rate or clip gradients (e.g. "
+            "clipnorm=1.0) and fit again."
+        )
 
     def _sync(self):
         """Make the gates' variables hold the training step's values.
@@ -280,12 +382,17 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         hard = [g.mask() for g in self.gates]
         masks = self.objective.choose(self.gates, self.tolerance)
         if st.binary < self.binary_target:
+            hint = (" A fit that returns ends the run "
+                    "(finish_on_train_end=True); to prune across several fit "
+                    "calls, pass AutoPrunerCallback(finish_on_train_end="
+                    "False) and fit again to go on." if reason == "fit ended"
+                    else "")
             warnings.warn(
                 f"AutoPrunerCallback: pruning ended ({reason}) with soft "
                 f"codes: {st.binary:.1%} binary, below binary_target "
                 f"{self.binary_target:.0%}. The exact choice was made from "
                 "the gates' scores; the network had not yet adapted to it, "
-                "so fine-tune after strip (or give it more steps).",
+                "so fine-tune after strip (or give it more steps)." + hint,
                 stacklevel=2)
         floors = [g.name for g, m in zip(self.gates, masks)
                   if m.sum() <= max(g.min_units, 1) < g.units]
@@ -320,8 +427,10 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             set_hard_masks(self.model, False)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
         st = self.state
+        if st is None or not self._started:
+            return  # No batch yet: nothing to report, nothing to write.
+        logs = logs if logs is not None else {}
         st.binary = binary_share(self.gates, self.binary_tolerance)
         logs.update(kept=kept_fraction(self.gates)["overall"],
                     pruning_loss=self.objective.value(self.gates),
@@ -333,13 +442,34 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         if self.per_gate_logs:
             for g in self.gates:
                 logs[f"kept_{g.name}"] = float(g.mask().mean())
-        if st.phase != S.DONE:
+        if st.phase != S.DONE and self._fit_steps:
             self._write_state()
 
     def on_train_end(self, logs=None):
-        if self.state is not None and self.state.phase != S.DONE and (
-                self.finish_on_train_end):
-            self._finish("fit ended")
+        if self._fit_steps == 0 and not self.done:
+            # Empty data, or initial_epoch >= epochs: Keras may still call
+            # on_train_batch_begin, never on_train_batch_end.
+            warnings.warn(
+                "AutoPrunerCallback: fit trained no step (is the data empty?"
+                "); the gates are left as they were and no choice was made.",
+                stacklevel=2)
+            return
+        if self.state is None or self.state.phase == S.DONE or (
+                not self.finish_on_train_end):
+            return
+        pushed = self._steps - self._push_start
+        if self.state.phase != S.PUSHING or pushed < 1:
+            warnings.warn(
+                f"AutoPrunerCallback: fit ended after {self._steps} step(s),"
+                " before any step was trained with the pruning term (the "
+                f"first {self._push_start} set mu or warm up); no choice "
+                "was made from untrained gates and the run is not finished. "
+                "Fit again (with more data or epochs) to prune.",
+                stacklevel=2)
+            return
+        self._sync()
+        self._check_finite(None)
+        self._finish("fit ended")
 
     @property
     def done(self):
@@ -370,3 +500,22 @@ class AutoPrunerCallback(keras.callbacks.Callback):
                 config.pop("schedule")),
             objective=PruningObjective(**config.pop("objective")),
             alpha=S.AlphaSchedule(**config.pop("alpha")), **config)
+
+
+def _steps_arg(name, value, low, none_ok=False):
+    """Refuse a step count that is not a whole number >= `low`."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or int(value) != value or value < low):
+        raise ValueError(
+            f"{name} must be a whole number of optimizer steps (>= {low})"
+            f"{' or None' if none_ok else ''}, got {value!r}.")
+
+
+def _range_arg(name, value, low, high, shown, example, hi_closed=False):
+    """Refuse a tolerance or share that is not a number in its range."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        ok = low < value < high or (hi_closed and value == high)
+    if not ok:
+        raise ValueError(
+            f"{name} must be a number in {shown} ({example}), got {value!r}.")

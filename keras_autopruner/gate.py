@@ -1,6 +1,7 @@
 """The AutoPruner gate: a learned, batch-shared channel code."""
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -299,15 +300,32 @@ class AutoPrunerGate(keras.layers.Layer):
 
 
 def check_rate(rate, what="target_rate"):
-    """Raise a ValueError unless `rate` is a number in (0, 1]."""
-    try:
-        ok = 0.0 < float(rate) <= 1.0
-    except (TypeError, ValueError):
-        ok = False
+    """Raise a ValueError unless `rate` is a real number in (0, 1].
+
+    Strings (`"0.5"`) and booleans (`True` would be a rate of 1) are
+    refused: they are almost always a mistake upstream (a flag read as
+    text, a wrong argument), and accepting them hides it.
+
+    Args:
+        rate: the fraction of filters to keep.
+        what: how the message names the argument.
+
+    Example:
+
+    >>> check_rate(0.25)
+    >>> check_rate("0.5")
+    Traceback (most recent call last):
+    ...
+    ValueError: target_rate is the fraction of filters to keep ...
+    """
+    ok = (isinstance(rate, numbers.Real) and not isinstance(rate, bool)
+          and 0.0 < float(rate) <= 1.0)
     if not ok:
+        hint = (" Pass a number, e.g. 0.5, not a string."
+                if isinstance(rate, str) else "")
         raise ValueError(
-            f"{what} is the fraction of filters to keep and must be in "
-            f"(0, 1]; got {rate!r}."
+            f"{what} is the fraction of filters to keep and must be a "
+            f"number in (0, 1]; got {rate!r} ({type(rate).__name__}).{hint}"
         )
 
 

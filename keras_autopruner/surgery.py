@@ -131,6 +131,8 @@ def strip(gated, threshold=None, *, force=False, tolerance=0.01,
             f"got {round_to!r}."
         )
     tracing.check_traceable(gated, "strip")
+    from keras_autopruner.checks import check_finite  # NaN weights: refuse
+    check_finite(gated, "strip")
     if not gates_of(gated):
         raise ValueError(
             f"strip: model {gated.name!r} has no AutoPrunerGate, so there "

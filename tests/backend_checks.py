@@ -84,6 +84,7 @@ SCHEDULES = {
 
 
 def prune(gated, x, y, epochs, **kwargs):
+    kwargs.setdefault("objective", "layer")
     cb = kap.AutoPrunerCallback(control_every=4, **kwargs)
     history = gated.fit(x, y, batch_size=64, epochs=epochs, shuffle=False,
                         verbose=0, callbacks=[cb])

@@ -68,7 +68,7 @@ def prune(x, y, batch_size):
     gated = kap.add_gates(model, target_rate=0.5)
     gated.compile(keras.optimizers.Adam(3e-3),
                   "sparse_categorical_crossentropy")
-    cb = kap.AutoPrunerCallback(control_every=4)
+    cb = kap.AutoPrunerCallback(objective="layer", control_every=4)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "AutoPrunerCallback")
         history = gated.fit(x, y, batch_size=batch_size, epochs=3,

@@ -41,7 +41,8 @@ def compiled(model):
 def test_callback_reaches_the_target_on_a_real_task(letters):
     x, y, xt, yt = letters
     gated = compiled(kap.add_gates(fc_net(), target_rate=0.5))
-    cb = kap.AutoPrunerCallback(stop_when_done=True, per_gate_logs=True)
+    cb = kap.AutoPrunerCallback(objective="layer", stop_when_done=True,
+                                per_gate_logs=True)
     history = gated.fit(x, y, batch_size=256, epochs=30, verbose=0,
                         validation_data=(xt, yt), callbacks=[cb])
     assert cb.done and cb.result["reason"] == "done", history.history["kept"]
@@ -69,7 +70,7 @@ def test_trained_model_default_pushes_in_the_first_epoch(letters):
     model = compiled(fc_net())
     model.fit(x, y, batch_size=256, epochs=2, verbose=0)
     gated = compiled(kap.add_gates(model, target_rate=0.5))
-    cb = kap.AutoPrunerCallback()
+    cb = kap.AutoPrunerCallback(objective="layer")
     gated.fit(x[:2560], y[:2560], batch_size=256, epochs=1, verbose=0,
               callbacks=[cb], )
     # Ten steps: one to measure mu, nine pushed; the run was not done, so
@@ -82,7 +83,8 @@ def test_trained_model_default_pushes_in_the_first_epoch(letters):
 
 def prune_for_steps(x, y, epochs, **cb_kwargs):
     gated = compiled(kap.add_gates(fc_net(seed=3), target_rate=0.4))
-    cb = kap.AutoPrunerCallback(control_every=4, **cb_kwargs)
+    cb = kap.AutoPrunerCallback(objective="layer", control_every=4,
+                                **cb_kwargs)
     history = gated.fit(x, y, batch_size=64, epochs=epochs, shuffle=False,
                         verbose=0, callbacks=[cb])
     return gated, cb, history
@@ -121,7 +123,7 @@ def test_global_budget_by_flops_is_met_by_the_stripped_model(letters):
 def test_run_stopped_early_still_gets_an_exact_choice(letters):
     x, y, _, _ = letters
     gated = compiled(kap.add_gates(fc_net(), target_rate=0.1, min_units=3))
-    cb = kap.AutoPrunerCallback(prune_steps=5)
+    cb = kap.AutoPrunerCallback(objective="layer", prune_steps=5)
     with pytest.warns(UserWarning, match="soft codes"):
         gated.fit(x[:2048], y[:2048], batch_size=256, epochs=2, verbose=0,
                   callbacks=[cb])
@@ -136,7 +138,7 @@ def test_step_schedule_counts_steps(letters):
     x, y, _, _ = letters
     gated = compiled(kap.add_gates(fc_net(), target_rate=0.5))
     cb = kap.AutoPrunerCallback(schedule=kap.StepLambda(every=20),
-                                control_every=1, finish_on_train_end=False)
+                                objective="layer", control_every=1, finish_on_train_end=False)
     history = gated.fit(x[:4096], y[:4096], batch_size=512, epochs=4,
                         verbose=0, callbacks=[cb])
     # 8 steps an epoch; pushing starts after step 1.
@@ -184,7 +186,8 @@ def test_nested_gated_model(letters):
     gated = kap.add_gates(fc_net(), target_rate=0.5)
     inputs = keras.Input((16,))
     outer = compiled(keras.Model(inputs, gated(inputs)))
-    cb = kap.AutoPrunerCallback(schedule="step")
+    # The global budget needs the flat model; the layer budget does not.
+    cb = kap.AutoPrunerCallback(schedule="step", objective="layer")
     history = outer.fit(x, y, batch_size=512, epochs=2, verbose=0, callbacks=[cb])
     assert len(cb.gates) == 2
     assert LOG_KEYS <= set(history.history)

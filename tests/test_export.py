@@ -2,6 +2,7 @@
 report, and the report kept through `.keras` save and load."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -99,17 +100,132 @@ def test_report_is_written_inside_the_export(compact, tmp_path):
     assert (path / "saved_model.pb").exists()
 
 
-def test_existing_path_is_not_overwritten_silently(compact, tmp_path):
+def test_an_earlier_export_is_replaced_only_with_overwrite(compact, tmp_path):
+    path = tmp_path / "pruned"
+    kap.export(compact, path)
+    (path / "pruning_report.md").write_text("old")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        kap.export(compact, path)
+    assert (path / "pruning_report.md").read_text() == "old"
+    kap.export(compact, path, overwrite=True)
+    assert (path / "pruning_report.md").read_text().startswith("# Pruning")
+    assert (path / "saved_model.pb").exists()
+    # Nothing left behind from staging.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_with_a_user_file_is_never_replaced(compact, tmp_path,
+                                                    overwrite):
     path = tmp_path / "pruned"
     path.mkdir()
     (path / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        kap.export(compact, path)
+    with pytest.raises(FileExistsError, match="keep.txt.*left alone"):
+        kap.export(compact, path, overwrite=overwrite)
     assert (path / "keep.txt").read_text() == "mine"
-    kap.export(compact, path, overwrite=True)
-    assert not (path / "keep.txt").exists()
-    assert (path / "saved_model.pb").exists()
-    # Nothing left behind from staging.
+    assert sorted(p.name for p in path.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
+
+
+def test_a_user_file_at_the_path_is_never_replaced(compact, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(FileExistsError, match="a file of 4 bytes"):
+        kap.export(compact, path, overwrite=True)
+    assert path.read_text() == "mine"
+
+
+def test_an_empty_folder_is_used(compact, tmp_path):
+    (tmp_path / "pruned").mkdir()
+    kap.export(compact, tmp_path / "pruned")
+    assert (tmp_path / "pruned" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("where", [".", "..", "~", "/", "cwd_abs",
+                                   "dot_slash"])
+def test_working_dir_parents_home_and_root_are_refused(
+        compact, tmp_path, monkeypatch, where):
+    work = tmp_path / "home" / "work"
+    work.mkdir(parents=True)
+    (work / "data.csv").write_text("1,2")
+    (tmp_path / "home" / ".bashrc").write_text("x")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = {"cwd_abs": str(work), "dot_slash": "./"}.get(where, where)
+    with pytest.raises(ValueError, match="refusing to write.*working "
+                       "directory"):
+        kap.export(compact, path, overwrite=True)
+    assert (work / "data.csv").read_text() == "1,2"
+    assert sorted(p.name for p in work.iterdir()) == ["data.csv"]
+    assert (tmp_path / "home" / ".bashrc").exists()
+
+
+def test_bad_paths_get_clear_errors(compact, tmp_path):
+    with pytest.raises(TypeError, match="path must be a str"):
+        kap.export(compact, None)
+    with pytest.raises(TypeError, match="path must be a str"):
+        kap.export(compact, 3)
+    with pytest.raises(ValueError, match="path is empty"):
+        kap.export(compact, "")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        kap.export(compact, tmp_path / "a_file" / "sub" / "pruned")
+    with pytest.raises(ValueError, match="cannot write"):
+        kap.export(compact, "/proc/x")
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_stale_staging_of_a_killed_export_is_removed(compact, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    # A staging folder a killed export left, with an earlier export that it
+    # had moved aside: the earlier export goes back to its place.
+    stale = tmp_path / f".export-{dead}-abc"
+    (stale / "previous").mkdir(parents=True)
+    (stale / "previous" / REPORT_JSON).write_text("{}")
+    (stale / deploy.STAGING_MARKER).write_text(json.dumps(
+        {"pid": int(dead), "process": "x", "target": str(tmp_path / "old")}))
+    # Folders this package did not mark, or whose process lives, stay.
+    (tmp_path / ".export-mine").mkdir()
+    (tmp_path / ".export-mine" / "notes").write_text("mine")
+    live = tmp_path / ".export-live"
+    live.mkdir()
+    (live / deploy.STAGING_MARKER).write_text(json.dumps(
+        {"pid": os.getppid(), "process": "y", "target": "z"}))
+    kap.export(compact, tmp_path / "pruned")
+    assert not stale.exists()
+    assert (tmp_path / "old" / REPORT_JSON).exists()
+    assert (tmp_path / ".export-mine" / "notes").read_text() == "mine"
+    assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".export-live", ".export-mine", "old", "pruned"]
+
+
+KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, sys
+    import keras
+    import keras_autopruner as kap
+    from keras_autopruner import deploy
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    def die(*args):
+        os.kill(os.getpid(), signal.SIGKILL)
+    deploy._move_into_place = die   # killed with the export complete
+    kap.export(model, sys.argv[1])
+""")
+
+
+def test_a_kill_mid_export_leaves_nothing_after_the_next_export(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "pruned")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert [p.name[:8] for p in tmp_path.iterdir()] == [".export-"]
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    kap.export(model, tmp_path / "pruned")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
 
 
@@ -211,6 +327,31 @@ def test_onnx_runs_in_onnxruntime_with_keras_outputs(compact, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         kap.export(compact, path, format="onnx")
     kap.export(compact, path, format="onnx", overwrite=True)
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"not an export")
+    with pytest.raises(FileExistsError, match="left alone"):
+        kap.export(compact, other, format="onnx", overwrite=True)
+    assert other.read_bytes() == b"not an export"
+
+
+@pytest.mark.parametrize("source", ["strip", "load_model"])
+def test_onnx_of_a_model_never_called(source, tmp_path):
+    ort = _onnx_or_skip()
+    gated = kap.add_gates(small_model(), 0.5)
+    for gate in gates_of(gated):
+        gate.set_mask(np.arange(gate.units) < 5)
+    model = kap.strip(gated)
+    if source == "load_model":
+        model.save(tmp_path / "m.keras")
+        model = kap.load_model(tmp_path / "m.keras")
+    assert not model._called  # what Keras's ONNX export refuses
+    kap.export(model, tmp_path / "m.onnx", format="onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype("float32")
+    (y,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(y, keras.ops.convert_to_numpy(model(x)),
+                               atol=1e-5)
 
 
 def test_onnx_without_its_packages_says_what_to_install(

@@ -45,7 +45,7 @@ def prune(x, y, xt, yt):
     gated = kap.add_gates(model, target_rate=0.5)
     gated.compile(keras.optimizers.Adam(3e-3),
                   "sparse_categorical_crossentropy", metrics=["accuracy"])
-    cb = kap.AutoPrunerCallback(stop_when_done=True)
+    cb = kap.AutoPrunerCallback(objective="layer", stop_when_done=True)
     history = gated.fit(x, y, batch_size=128, epochs=25, verbose=0,
                         callbacks=[cb])
     _, acc = gated.evaluate(xt, yt, verbose=0)

@@ -66,7 +66,8 @@ class Trace(keras.callbacks.Callback):
 
 def fit(model, data, schedule, epochs, initial_epoch=0):
     x, y = data
-    cb = kap.AutoPrunerCallback(control_every=2, finish_on_train_end=False,
+    cb = kap.AutoPrunerCallback(objective="layer", control_every=2,
+                                finish_on_train_end=False,
                                 **SCHEDULES[schedule]())
     trace = Trace()
     model.fit(x, y, batch_size=32, epochs=epochs, initial_epoch=initial_epoch,
