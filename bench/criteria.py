@@ -4,13 +4,13 @@ Trains `vgg_small` briefly on the embedded Fashion-MNIST subset, then for
 each criterion and rate prunes it in one shot to keep `rate` of the MACs
 (`PruningObjective("global", weighting="flops")`), and prints the MAC and
 parameter shares of the stripped model (from `count_flops`/`count_params`),
-its test accuracy straight after pruning and after `--fine_tune_epochs`,
+its test accuracy straight after pruning and after `--finetune_epochs`,
 and the seconds `kap.prune` took ('bn' leaves fc1, which has no batch
 norm, whole). The learned AutoPruner criterion needs a
 gated training run and is the study's business (`python -m
 keras_autopruner.study`), not this one-shot table's.
 
-    .venv/bin/python bench/criteria.py --train_examples=3000 --epochs=2
+    .venv/bin/python bench/criteria.py --train_examples=3000 --full_epochs=2
 """
 
 import os
@@ -38,9 +38,9 @@ def define_flags(fv=flags.FLAGS):
                       flag_values=fv)
     flags.DEFINE_integer("train_examples", 3000, "training images",
                          flag_values=fv)
-    flags.DEFINE_integer("epochs", 2, "epochs of the full model",
+    flags.DEFINE_integer("full_epochs", 2, "epochs of the full model",
                          flag_values=fv)
-    flags.DEFINE_integer("fine_tune_epochs", 1, "epochs after pruning",
+    flags.DEFINE_integer("finetune_epochs", 1, "epochs after pruning",
                          flag_values=fv)
     flags.DEFINE_integer("batch_size", 64, "batch size", flag_values=fv)
     flags.DEFINE_list("allocations", ["threshold"],
@@ -64,7 +64,7 @@ def main(argv):
     y = y[:FLAGS.train_examples]
     xt = (xt[..., None] / 255.0).astype("float32")
     model = compiled(models.vgg_small(), 1e-3)
-    model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+    model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.full_epochs,
               verbose=0)
     full_acc = model.evaluate(xt, yt, verbose=0)[1]
     flops, params = kap.count_flops(model).total, kap.count_params(model)
@@ -88,7 +88,7 @@ def main(argv):
         compiled(compact, 1e-4)
         acc = compact.evaluate(xt, yt, verbose=0)[1]
         compact.fit(x, y, batch_size=FLAGS.batch_size,
-                    epochs=FLAGS.fine_tune_epochs, verbose=0)
+                    epochs=FLAGS.finetune_epochs, verbose=0)
         acc_ft = compact.evaluate(xt, yt, verbose=0)[1]
         print(f"{name:10s} {allocation:10s} {rate:.2f}  "
               f"{kap.count_flops(compact).total / flops:.4f}  "

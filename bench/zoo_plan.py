@@ -6,7 +6,7 @@ gate keeps each channel with probability 1/2) computes what the
 hard-masked gated model computes, and the stripped model's share of the
 full model's MACs. The figures go in BUILD_NOTES ("issue 15").
 
-    python bench/zoo_plan.py [--models=ResNet50,VGG16] [--seed=0]
+    python bench/zoo_plan.py [--models=ResNet50,VGG16] [--rate=0.5] [--seed=0]
 """
 
 import time
@@ -19,22 +19,30 @@ import keras_autopruner as kap
 from keras_autopruner import models
 from keras_autopruner.gate import gates_of
 
-flags.DEFINE_list("models", sorted(models.APPLICATION_FAMILIES),
-                  "families to run")
-flags.DEFINE_integer("seed", 0, "seed of the masks and the weights")
 FLAGS = flags.FLAGS
 
 
-def run(name, seed):
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_list("models", sorted(models.APPLICATION_FAMILIES),
+                      "keras.applications model names", flag_values=fv)
+    flags.DEFINE_float("rate", 0.5,
+                       "chance that a gate keeps each of its channels",
+                       flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "seed of the masks and the weights",
+                         flag_values=fv)
+
+
+def run(name, rate, seed):
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     model, size = models.application(name)
     models.spread_statistics(model, rng)
     start = time.time()
-    plan = kap.plan(model, 0.5)
-    gated = kap.add_gates(model, 0.5)
+    gated = kap.add_gates(model, rate)
+    plan = gated.pruning_plan
     for gate in gates_of(gated):
-        mask = rng.random(gate.units) < 0.5
+        mask = rng.random(gate.units) < rate
         mask[rng.integers(gate.units)] = True
         gate.set_mask(mask)
     compact = kap.strip(gated, on_collapse="raise")
@@ -56,11 +64,12 @@ def main(argv):
           "masks | max rel. error | uncounted | s |")
     print("|---|---|---|---|---|---|")
     for name in FLAGS.models:
-        r = run(name, FLAGS.seed)
+        r = run(name, FLAGS.rate, FLAGS.seed)
         print(f"| {r['model']} | {r['gated']} / {r['prunable']} | "
               f"{r['mac_share']:.3f} | {r['rel_error']:.1e} | "
               f"{len(r['unknown'])} | {r['seconds']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -208,19 +208,21 @@ class Trace:
         return found
 
 
-# Traces by model. A built Functional model's graph never changes, so one
-# trace serves every stage that reads the model.
+# Traces by Functional graph. A built graph never changes (a Sequential
+# that grows gets a new one), so one trace serves every stage that reads
+# the model.
 _TRACES = weakref.WeakKeyDictionary()
 
 
 def trace(model):
-    """The `Trace` of `model`, made once per model object."""
+    """The `Trace` of `model`, made once per graph."""
+    graph = check_traceable(model, "trace")
     try:
-        cached = _TRACES.get(model)
+        cached = _TRACES.get(graph)
     except TypeError:  # not weakly referable: trace it each time
         return Trace(model)
-    if cached is None:
-        cached = _TRACES[model] = Trace(model)
+    if cached is None or cached.model is not model:
+        cached = _TRACES[graph] = Trace(model)
     return cached
 
 

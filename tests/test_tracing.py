@@ -84,9 +84,14 @@ def test_trace_holds_layers_ops_and_mask_ops_with_masks_apart():
     assert add.constants == [3.0]
 
 
-def test_model_is_traced_once():
+def test_model_is_traced_once_per_graph():
     model = masked_model()
     assert tracing.trace(model) is tracing.trace(model)
+    # A Sequential that grows has a new graph, and a new trace.
+    seq = keras.Sequential([keras.Input((3,)), L.Dense(4)])
+    first = tracing.trace(seq)
+    seq.add(L.Dense(2))
+    assert len(tracing.trace(seq).nodes) == len(first.nodes) + 1
 
 
 def test_gates_come_in_one_order_everywhere():
