@@ -111,14 +111,14 @@ class StudyConfig:
 
 
 PRESETS = {
-    # `make demo`: keep 25% and 12% of the MACs, 3 seeds, on 3,000 images
+    # `make demo`: keep 25% and 12% of the MACs, 3 seeds, on 2,000 images
     # of the shipped Fashion-MNIST subset (all 2,000 test images), batch 32
-    # (94 optimizer steps an epoch), small enough for 2 CPU cores in 15
+    # (63 optimizer steps an epoch), small enough for 2 CPU cores in 15
     # minutes (BUILD_NOTES.md, issue 17 part 2, says how that was sized).
     # Every method after the full model spends AutoPruner's epochs after
     # full training with the same learning-rate shape; full_equal trains
     # the full network for AutoPruner's total.
-    "demo": dict(rates=(0.25, 0.12), seeds=(0, 1, 2), train_examples=3000,
+    "demo": dict(rates=(0.25, 0.12), seeds=(0, 1, 2), train_examples=2000,
                  full_epochs=7, prune_epochs=5, finetune_epochs=2,
                  methods=("full", "autopruner", "full_equal", "l1",
                           "random", "uniform"),
