@@ -43,8 +43,6 @@ def define_flags(fv=flags.FLAGS):
                         "(with --label), an .npz with x_train, y_train, "
                         "x_test, y_test, or a tensorflow_datasets image set "
                         "name, e.g. cifar10", flag_values=fv)
-    flags.DEFINE_string("data", None, "the same as --dataset",
-                        flag_values=fv)
     flags.DEFINE_string("label", None, "label column of a CSV dataset",
                         flag_values=fv)
     flags.DEFINE_string("shard", None,
@@ -125,11 +123,6 @@ def config_from_flags(fv):
     """The `StudyConfig` and output folder that parsed flags ask for."""
     fields = {f.name for f in dataclasses.fields(StudyConfig)}
     overrides = {name: fv[name].value for name in fields if name in fv}
-    if fv["data"].value is not None:
-        if overrides.get("dataset") not in (None, fv["data"].value):
-            raise ValueError("--data and --dataset name different data; "
-                             "pass one.")
-        overrides["dataset"] = fv["data"].value
     for key, kind in (("rates", float), ("seeds", int), ("methods", str)):
         if overrides.get(key) is not None:
             overrides[key] = tuple(kind(v) for v in overrides[key])

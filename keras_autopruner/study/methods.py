@@ -101,10 +101,20 @@ def _criterion_runner(name):
         c = study.config
         ap = study.autopruner_run(rate, seed)
         full = study.full_model(seed)
+        extra, notes = {}, []
+        if name == "bn":
+            # |gamma| cannot rank a layer with no batch norm behind it:
+            # such layers stay whole and the others meet the budget.
+            bare = without_batch_norm(full, study.prunable_units(full))
+            if bare:
+                extra["exclude"] = bare
+                notes.append(f"bn: {', '.join(bare)} kept whole (no "
+                             "batch norm behind them)")
         compact = kap.prune(
             full, importance=name, target_rate=rate,
             objective=kap.PruningObjective(c.objective, weighting=c.weighting),
-            data=study.sample_batches() if name == "taylor" else None)
+            data=study.sample_batches() if name == "taylor" else None,
+            **extra)
         study.compile(compact)
         _, cut_acc = study.evaluate(compact)
         epochs = int(ap["own_epochs"])
@@ -117,7 +127,7 @@ def _criterion_runner(name):
             compact, run_key(name, rate, seed), history,
             epochs=c.full_epochs + epochs, own_epochs=epochs,
             accuracy_cut=cut_acc,
-            notes=list(compact.pruning_report.notes))
+            notes=notes + list(compact.pruning_report.notes))
 
     run.__name__ = f"run_{name}"
     run.__doc__ = (f"The trained full model cut by the {name!r} criterion "
@@ -199,6 +209,21 @@ def _stop_at_epoch_end(pruner):
                 self.model.stop_training = True
 
     return StopAtEpochEnd()
+
+
+def without_batch_norm(model, layers):
+    """The names in `layers` whose output feeds no BatchNormalization."""
+    import keras
+
+    fed = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for node in getattr(layer, "_inbound_nodes", []):
+                for tensor in node.input_tensors:
+                    history = getattr(tensor, "_keras_history", None)
+                    if history is not None:
+                        fed.add(history[0].name)
+    return [name for name in layers if name not in fed]
 
 
 def run_scratch(study, rate, seed, prefix):
