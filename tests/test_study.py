@@ -426,8 +426,7 @@ def test_study_on_a_keras_file(tmp_path):
     path = str(tmp_path / "users_cnn.keras")
     small_cnn().save(path)
     config = _fast(model=path, train_examples=128, test_examples=64,
-                   methods=("full", "autopruner", "l1", "scratch",
-                            "uniform"))
+                   methods=("full", "autopruner", "bn", "uniform"))
     out = str(tmp_path / "out")
     s = study.Study(config, out, verbose=0, export=False)
     s.run()
@@ -438,8 +437,12 @@ def test_study_on_a_keras_file(tmp_path):
     assert all(ap["widths"][k] <= s.default_widths[k] for k in ap["widths"])
     uniform = load(out, "uniform_r0.5_s0")
     assert abs(uniform["flops"] - ap["flops"]) / ap["flops"] < 0.15
-    scratch = load(out, "scratch_r0.5_s0")
-    assert scratch["widths"] == ap["widths"]
+    # bn ranks only c1 (batch norm behind it); c2 and d1 stay whole.
+    bn = load(out, "bn_r0.5_s0")
+    assert bn["widths"]["c2"] == 8 and bn["widths"]["d1"] == 12
+    assert bn["widths"]["c1"] < 6
+    assert bn["flops"] <= 0.5 * full["flops"] * 1.001
+    assert "c2, d1 kept whole" in bn["notes"][0]
     # The file gives the architecture; the study trains it from scratch.
     trained = keras.saving.load_model(os.path.join(out, "models",
                                                    "full_s0.keras"))
