@@ -468,3 +468,23 @@ def test_module_function_models_and_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"inputs of shape \(5,\)"):
         study.Study(_fast(model=path), str(tmp_path)).new_model()
 
+
+
+def test_npz_data_for_the_study(tmp_path):
+    from keras_autopruner.datasets import load_study_data
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "arrays.npz")
+    np.savez(path, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+             y_train=np.arange(20) % 4,
+             x_test=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8),
+             y_test=np.arange(6) % 3)
+    data = load_study_data(_fast(dataset=path, train_examples=10,
+                                 test_examples=None))
+    assert data.input_shape == (8, 8, 1) and data.num_classes == 4
+    (x, y), _ = data.fit_args(0, 4)
+    assert x.shape == (10, 8, 8, 1) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    np.savez(str(tmp_path / "bad.npz"), x=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="lacks the keys"):
+        load_study_data(_fast(dataset=str(tmp_path / "bad.npz")))

@@ -205,10 +205,12 @@ class Study:
                 theirs = json.load(f)
             old = {k: v for k, v in theirs.items()
                    if k not in StudyConfig.EXTENSIBLE}
-            if json.loads(json.dumps(mine)) != old:
-                diff = sorted(k for k in set(mine) | set(old)
-                              if json.loads(json.dumps(mine.get(k)))
-                              != old.get(k))
+            # A field added since that study was written (absent there)
+            # matches its default, None.
+            diff = sorted(k for k in set(mine) | set(old)
+                          if json.loads(json.dumps(mine.get(k)))
+                          != old.get(k))
+            if diff:
                 raise ValueError(
                     f"{self.out} holds a study with other settings "
                     f"({', '.join(diff)} differ), so its runs cannot be "
