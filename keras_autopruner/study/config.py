@@ -17,7 +17,7 @@ METHOD_LABELS = {
     "full_equal": "full model, AutoPruner's total epochs",
     "l1": "L1 filter norm cut + fine-tuned",
     "l2": "L2 filter norm cut + fine-tuned",
-    "bn": "BN |gamma| cut + fine-tuned",
+    "bn": "BN scale (gamma) cut + fine-tuned",
     "taylor": "Taylor cut + fine-tuned",
     "random": "random cut + fine-tuned",
     "scratch": "AutoPruner's widths, from scratch",

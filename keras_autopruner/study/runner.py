@@ -521,6 +521,8 @@ class Study:
             self.data.input_shape, runs=self.config.latency_runs)
         for r in runs:
             r.update(speed[r["key"]])
+        # What the report was written from, speed included (for benches).
+        self.reported_runs = runs
         return write_report(runs, self.config, self.out, self.data.name,
                             model_name=self.model_spec)
 
