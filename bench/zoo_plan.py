@@ -25,22 +25,11 @@ flags.DEFINE_integer("seed", 0, "seed of the masks and the weights")
 FLAGS = flags.FLAGS
 
 
-def spread_statistics(model, rng):
-    """Varied batch-norm statistics, so a wrong cut shows in the output."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([
-                rng.uniform(0.8, 1.6, v.shape) if v.name in
-                ("gamma", "moving_variance") else rng.uniform(-0.3, 0.3,
-                                                               v.shape)
-                for v in layer.weights])
-
-
 def run(name, seed):
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     model, size = models.application(name)
-    spread_statistics(model, rng)
+    models.spread_statistics(model, rng)
     start = time.time()
     plan = kap.plan(model, 0.5)
     gated = kap.add_gates(model, 0.5)

@@ -26,6 +26,7 @@ Example:
 import functools
 
 import keras
+import numpy as np
 
 # Widths of the ImageNet VGG16's 13 convolutions and 2 hidden dense layers.
 VGG16_WIDTHS = {
@@ -465,3 +466,26 @@ def application(name, classes=10):
     if name.startswith(("ConvNeXt", "EfficientNetV2", "MobileNetV3")):
         kwargs["include_preprocessing"] = False
     return getattr(keras.applications, name)(**kwargs), size
+
+
+def spread_statistics(model, rng):
+    """Batch norms with varied statistics and shifts, so that signals do
+    not fade through a deep untrained network and a wrong cut shows. A
+    network without batch norm (VGG16) gets He-scaled kernels instead."""
+    if not any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in model.layers):
+        for layer in model.layers:
+            kernel = getattr(layer, "kernel", None)
+            if kernel is not None:
+                fan_in = int(np.prod(kernel.shape[:-1]))
+                kernel.assign(rng.normal(0, np.sqrt(2 / fan_in),
+                                         kernel.shape).astype("float32"))
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        values = []
+        for variable in layer.weights:
+            low, high = ((0.8, 1.6) if variable.name in
+                         ("gamma", "moving_variance") else (-0.3, 0.3))
+            values.append(rng.uniform(low, high, variable.shape))
+        layer.set_weights(values)

@@ -113,7 +113,7 @@ def test_gates_come_in_one_order_everywhere():
     gated.compile("adam", "mse")
     x = [np.ones((8, 4), "float32"), np.ones((8, 6), "float32")]
     with pytest.warns(UserWarning):
-        gated.fit(x, np.zeros((8, 2)), epochs=1, verbose=0,
+        gated.fit(x, np.zeros((8, 2)), batch_size=4, epochs=2, verbose=0,
                   callbacks=[callback])
     assert callback.done
 

@@ -24,6 +24,7 @@ from keras_autopruner.registry.record import (
     IN, OUT, LayerType, Op, activation_traits, check_roles, lookup,
     mixer_flow, nearest, register, registered, restore, unknown)
 from keras_autopruner.registry.builtin import is_input_layer
+from keras_autopruner.registry import ops  # noqa: F401 (registers)
 
 __all__ = [
     "IN", "OUT", "LayerType", "Op", "activation_traits", "check_roles",
