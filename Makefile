@@ -4,11 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make demo` needs only the package itself (TensorFlow, Keras, pandas,
+# matplotlib): no test, deploy, JAX or PyTorch extras.
+DEMO_VENV := .venv-demo
+DEMO_PY := $(DEMO_VENV)/bin/python
+DEMO_STAMP := $(DEMO_VENV)/.installed
 # Benchmark script names under bench/, without ".py"; override on the
 # command line, e.g. `make bench BENCH=fashion_mnist`.
 BENCH ?= $(basename $(notdir $(wildcard bench/*.py)))
 
-.PHONY: venv test demo bench clean
+.PHONY: venv demo-venv test demo bench clean
 
 # PyTorch for the backend tests: this CPU build is on the CI machines' local
 # wheel directory (plain `torch` from PyPI is a multi-GB CUDA build). Set
@@ -34,13 +39,21 @@ $(STAMP): setup.py
 	test -z "$(TORCH)" || $(VPY) -m pip install "$(TORCH)"
 	touch $(STAMP)
 
+demo-venv: $(DEMO_STAMP)
+
+$(DEMO_STAMP): setup.py
+	test -x $(DEMO_PY) || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_PY) -m pip install --upgrade pip
+	$(DEMO_PY) -m pip install -e .
+	touch $(DEMO_STAMP)
+
 test: venv
 	TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m pytest -q tests
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m pytest -q $(JAX_TESTS) \
 		-k "not $(JAX_SKIP)"
 
-demo: venv
-	TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m keras_autopruner.study --preset demo
+demo: demo-venv
+	TF_CPP_MIN_LOG_LEVEL=2 $(DEMO_PY) -m keras_autopruner.study --preset demo
 
 bench: venv
 	@test -n "$(BENCH)" || { echo "no scripts under bench/; nothing to run"; exit 1; }
@@ -50,4 +63,4 @@ bench: venv
 
 clean:
 	rm -rf build dist *.egg-info out runs .pytest_cache .hypothesis
-	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . \( -path ./$(VENV) -o -path ./$(DEMO_VENV) \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

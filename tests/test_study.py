@@ -5,6 +5,7 @@ import math
 import os
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -35,7 +36,8 @@ def load(out, key):
 
 def test_every_output_file(tiny_study):
     out, _, _, _, _ = tiny_study
-    for key in ("full_s0", "autopruner_r0.5_s0", "scratch_r0.5_s0",
+    for key in ("full_s0", "autopruner_r0.5_s0", "full_equal_r0.5_s0",
+                "l1_r0.5_s0", "random_r0.5_s0", "scratch_r0.5_s0",
                 "uniform_r0.5_s0"):
         assert os.path.isfile(os.path.join(out, "runs", f"{key}.json"))
         assert os.path.isfile(os.path.join(out, "models", f"{key}.keras"))
@@ -52,20 +54,35 @@ def test_every_output_file(tiny_study):
 def test_tables_parse_and_agree(tiny_study):
     out, _, _, _, table = tiny_study
     runs = pd.read_csv(os.path.join(out, "runs.csv"))
-    assert sorted(runs["method"]) == ["autopruner", "full", "scratch",
-                                      "uniform"]
+    assert sorted(runs["method"]) == sorted([
+        "autopruner", "full", "full_equal", "l1", "random", "scratch",
+        "uniform"])
     results = pd.read_csv(os.path.join(out, "results.csv"))
-    assert len(results) == 4 and list(results["method"]) == list(
+    assert len(results) == 7 and list(results["method"]) == list(
         table["method"])
     assert (results["seeds"] == 1).all()
     assert (results["latency_ms"] > 0).all()
+    assert (results["throughput"] > 0).all()
+    full = results[results["method"] == "full"].iloc[0]
+    assert full["speedup_latency"] == pytest.approx(1.0)
+    assert full["speedup_throughput"] == pytest.approx(1.0)
+    # Accuracy right after the cut: for the methods that cut, only.
+    cut = results.set_index("method")["accuracy_cut"]
+    assert cut[["autopruner", "l1", "random"]].between(0, 1).all()
+    assert cut[["full", "full_equal", "scratch", "uniform"]].isna().all()
+    assert cut["autopruner"] == pytest.approx(
+        load(out, "autopruner_r0.5_s0")["accuracy_stripped"])
+    paired = pd.read_csv(os.path.join(out, "paired.csv"))
+    assert sorted(paired["method"]) == sorted([
+        "full", "full_equal", "l1", "random", "scratch", "uniform"])
+    assert (paired["verdict"] == "one seed").all()
     for _, row in runs.iterrows():
         assert 0.0 <= row["accuracy"] <= 1.0
     with open(os.path.join(out, "results.md")) as f:
         text = f.read()
     assert "| AutoPruner (pruned + fine-tuned) | 0.5 | 1 |" in text
-    assert "## Findings" in text
-    assert "rate 0.5: AutoPruner" in text
+    assert "## Paired differences" in text and "## Findings" in text
+    assert "on one seed: no interval, so no verdict" in text
 
 
 def test_autopruner_model_is_smaller_and_matches_its_record(tiny_study):
@@ -119,11 +136,76 @@ def test_baselines_follow_autopruner(tiny_study):
         ap["full_widths"], uniform["factor"])
 
 
+def test_cuts_and_full_equal_match_autopruner_budget(tiny_study):
+    out, config, _, _, _ = tiny_study
+    ap, full = load(out, "autopruner_r0.5_s0"), load(out, "full_s0")
+    equal = load(out, "full_equal_r0.5_s0")
+    # full_equal: the full architecture for AutoPruner's total epochs.
+    assert equal["params"] == full["params"]
+    assert equal["epochs"] == ap["epochs"]
+    assert len(equal["history"]["loss"]) == ap["epochs"]
+    for name in ("l1", "random"):
+        run = load(out, f"{name}_r0.5_s0")
+        # The study's MAC budget, never above it.
+        assert run["flops"] <= 0.5 * full["flops"] * 1.001
+        assert run["flops"] >= 0.5 * full["flops"] * 0.9
+        # Fine-tuned for AutoPruner's epochs after full training.
+        assert run["own_epochs"] == ap["own_epochs"]
+        assert run["epochs"] == ap["epochs"]
+        assert 0.0 <= run["accuracy_cut"] <= 1.0
+    c = config
+    for run in (equal, load(out, "l1_r0.5_s0")):
+        lrs = run["history"]["learning_rate"]
+        assert lrs[-c.finetune_epochs:] == pytest.approx(
+            [c.finetune_learning_rate] * c.finetune_epochs)
+        assert lrs[:-c.finetune_epochs] == pytest.approx(
+            [c.learning_rate] * (len(lrs) - c.finetune_epochs))
+    # l1 and random cut the same budget but keep other channels: their
+    # models' first kernels differ.
+    a = keras.saving.load_model(os.path.join(out, "models", "l1_r0.5_s0.keras"))
+    b = keras.saving.load_model(
+        os.path.join(out, "models", "random_r0.5_s0.keras"))
+    assert not np.allclose(a.get_weights()[0], b.get_weights()[0])
+
+
+def test_scratch_and_uniform_are_reinitialised(tiny_study):
+    out, _, _, _, _ = tiny_study
+    ap = keras.saving.load_model(
+        os.path.join(out, "models", "autopruner_r0.5_s0.keras"))
+    scratch = keras.saving.load_model(
+        os.path.join(out, "models", "scratch_r0.5_s0.keras"))
+    assert [w.shape for w in ap.get_weights()] == [
+        w.shape for w in scratch.get_weights()]
+    assert not np.allclose(ap.get_weights()[0], scratch.get_weights()[0])
+
+
+def test_uniform_masks_match_the_cost():
+    model = models.vgg_small(widths={"block1_conv1": 4, "block1_conv2": 4,
+                                     "block2_conv1": 8, "block2_conv2": 8,
+                                     "fc1": 16})
+    masks = study.uniform_masks({"a": 10, "b": 3}, 0.5)
+    assert masks["a"].tolist() == [True] * 5 + [False] * 5
+    assert masks["b"].tolist() == [True, True, False]
+    assert study.uniform_masks({"a": 4}, 0.01)["a"].sum() == 1
+    factor, masks, share = study.match_uniform(model, 0.25, "flops")
+    import keras_autopruner as kap
+    from keras_autopruner.metrics import count_flops
+
+    compact = kap.strip(model, keep=masks)
+    measured = count_flops(compact).total / count_flops(model).total
+    assert measured == pytest.approx(share, rel=1e-6)
+    assert abs(share - 0.25) < 0.05
+    assert models.widths_of(compact)["block2_conv1"] == max(
+        1, round(8 * factor))
+
+
 def test_resume_skips_finished_runs(tiny_study, tmp_path):
     out, config, first, second, _ = tiny_study
     assert first.ran == ["full_s0", "autopruner_r0.5_s0"]
     assert second.skipped == ["full_s0", "autopruner_r0.5_s0"]
-    assert second.ran == ["scratch_r0.5_s0", "uniform_r0.5_s0"]
+    assert second.ran == ["full_equal_r0.5_s0", "l1_r0.5_s0",
+                          "random_r0.5_s0", "scratch_r0.5_s0",
+                          "uniform_r0.5_s0"]
     before = load(out, "scratch_r0.5_s0")
     third = study.Study(config, out, verbose=0, export=False)
     third.run()
@@ -143,12 +225,15 @@ def test_make_config_validates():
         study.make_config("huge")
     with pytest.raises(ValueError, match="Unknown methods"):
         study.make_config("tiny", methods=("full", "pruning"))
-    with pytest.raises(ValueError, match="image classifiers"):
-        study.make_config("tiny", model="fc_dnn")
+    with pytest.raises(ValueError, match="none of: a builder name"):
+        study.make_config("tiny", model="resnet_huge")
+    with pytest.raises(ValueError, match="does not exist"):
+        study.make_config("tiny", model="missing.keras")
+    assert study.make_config("tiny", model="fc_dnn").model == "fc_dnn"
     with pytest.raises(ValueError, match="fraction of filters to keep"):
         study.make_config("tiny", rates=(0.5, 1.5))
     config = study.make_config("demo", seeds=[3])
-    assert config.seeds == (3,) and config.rates == (0.5, 0.25, 0.12)
+    assert config.seeds == (3,) and config.rates == (0.25, 0.12)
 
 
 def test_flags_make_the_config():
@@ -157,7 +242,8 @@ def test_flags_make_the_config():
          "--prune_epochs=7"]))
     assert out == os.path.join("runs", "study_demo")
     assert config.rates == (0.4, 0.6) and config.seeds == (1, 2)
-    assert config.methods == ("full", "autopruner", "uniform", "magnitude")
+    assert config.methods == study.PRESETS["demo"]["methods"] + (
+        "magnitude",)
     assert config.prune_epochs == 7
     assert config.train_examples == study.PRESETS["demo"]["train_examples"]
 
@@ -172,22 +258,52 @@ def fake_run(method, rate, seed, accuracy, params=1000, flops=5000):
             "converged": True, "prune_epochs": 3}
 
 
-def test_findings_say_when_autopruner_loses():
+def test_findings_follow_the_paired_interval():
     runs = []
     for seed in (0, 1, 2):
         runs.append(fake_run("full", None, seed, 0.90, 4000, 20000))
         runs.append(fake_run("autopruner", 0.5, seed, 0.80 + 0.001 * seed))
         runs.append(fake_run("scratch", 0.5, seed, 0.85 + 0.001 * seed))
+        # Mean 0.1 pt above AutoPruner, but the paired interval holds 0.
         runs.append(fake_run("uniform", 0.5, seed, 0.80 + 0.002 * seed))
-    table = study.results_frame(study.runs_frame(runs))
+        # Mean 0.1 pt below AutoPruner on every seed: a tight interval.
+        runs.append(fake_run("l1", 0.5, seed, 0.799 + 0.001 * seed))
+    df = study.runs_frame(runs)
+    table = study.results_frame(df)
     ap = table[table["method"] == "autopruner"].iloc[0]
     assert ap["seeds"] == 3 and math.isclose(ap["accuracy"], 0.801)
-    lines = study.findings(table)
-    assert any("AutoPruner does not beat AutoPruner's widths, from scratch"
+    paired = study.paired_frame(df).set_index("method")
+    assert paired.loc["scratch", "verdict"] == "loses to"
+    assert paired.loc["uniform", "verdict"] == "ties with"
+    assert paired.loc["l1", "verdict"] == "beats"
+    assert paired.loc["full", "verdict"] == "loses to"
+    # uniform: differences 0, -0.1, -0.2 pt: mean -0.1, sd 0.1, t(2) 4.303.
+    half = 4.303 * 0.001 / math.sqrt(3)
+    assert paired.loc["uniform", "diff"] == pytest.approx(-0.001)
+    assert paired.loc["uniform", "low"] == pytest.approx(-0.001 - half)
+    assert paired.loc["uniform", "high"] == pytest.approx(-0.001 + half)
+    lines = study.findings(table, study.paired_frame(df))
+    assert any("AutoPruner loses to AutoPruner's widths, from scratch"
                in line for line in lines)
     assert any("AutoPruner ties with uniform width" in line
                for line in lines)
+    assert any("AutoPruner beats L1 filter norm" in line for line in lines)
     assert any("converged in 3 of 3 seeds" in line for line in lines)
+    assert not any("interval is wide" in line for line in lines)
+
+
+def test_two_seeds_say_the_interval_is_wide():
+    runs = []
+    for seed in (0, 1):
+        runs.append(fake_run("autopruner", 0.5, seed, 0.80 + 0.01 * seed))
+        runs.append(fake_run("random", 0.5, seed, 0.75 + 0.012 * seed))
+    df = study.runs_frame(runs)
+    lines = study.findings(study.results_frame(df), study.paired_frame(df))
+    assert any("2 seeds" in line and "interval is wide" in line
+               for line in lines)
+    mean, low, high = study.t_interval([0.05, 0.048])
+    assert low == pytest.approx(0.049 - 12.706 * 0.001 * math.sqrt(2)
+                                / math.sqrt(2))
 
 
 def test_write_report_without_training(tmp_path):
@@ -202,8 +318,10 @@ def test_write_report_without_training(tmp_path):
     assert list(table["rate"]) == [1.0, 0.7, 0.7, 0.3, 0.3]
     text = (tmp_path / "results.md").read_text()
     assert "n/a (1 seed)" in text
-    assert "rate 0.3: AutoPruner does not beat uniform width" in text
-    assert "rate 0.7: AutoPruner beats uniform width" in text
+    assert ("rate 0.3: AutoPruner vs uniform width, matched cost, from "
+            "scratch: 80.00% vs 82.00% (-2.00 pt) on one seed: no interval, "
+            "so no verdict") in text
+    assert "rate 0.7: AutoPruner vs uniform width" in text
     for name in ("accuracy_vs_flops.png", "kept_profile.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
@@ -218,3 +336,155 @@ def test_main_prints_the_table(tiny_study, capsys):
     assert "done before, reusing scratch_r0.5_s0.json" in printed
     assert "accuracy_vs_flops.png" in printed
 
+
+def test_shards_split_the_units_and_merge_reports(tiny_study, tmp_path,
+                                                  capsys):
+    config = study.make_config("tiny", seeds=(0, 1, 2), rates=(0.5, 0.25))
+    every = [(s, r) for s in (0, 1, 2) for r in (0.5, 0.25)]
+    shards = [study.Study(config, str(tmp_path), shard=f"{i}/4").units()
+              for i in range(4)]
+    assert shards[1] == every[1::4] == [(0, 0.25), (2, 0.25)]
+    assert sorted(u for s in shards for u in s) == sorted(every)
+    for bad in ("4/4", "1/0", "a/b", "-1/3"):
+        with pytest.raises(ValueError, match="shard"):
+            study.Study(config, str(tmp_path), shard=bad)
+    # A shard whose units are all stored trains nothing and writes no
+    # report; --merge writes it from the stored runs alone.
+    out, _, _, _, _ = tiny_study
+    os.remove(os.path.join(out, "results.md"))
+    shard = study.Study(study.make_config("tiny"), out, verbose=0,
+                        export=False, shard="0/1")
+    assert shard.run() is None and shard.ran == []
+    assert not os.path.exists(os.path.join(out, "results.md"))
+    assert study.run_from_flags(study.parse_flags(
+        ["--merge", f"--out={out}", "--noexport", "--verbose=0"])) == 0
+    printed = capsys.readouterr().out
+    assert "| random cut + fine-tuned | 0.5 | 1 |" in printed
+    assert os.path.exists(os.path.join(out, "results.md"))
+    with pytest.raises(FileNotFoundError, match="holds no study"):
+        study.Study.from_folder(str(tmp_path / "nothing"))
+
+
+def _fast(**overrides):
+    import dataclasses
+
+    values = dict(full_epochs=1, prune_epochs=2, finetune_epochs=1,
+                  latency_runs=2)
+    values.update(overrides)
+    widths = values.pop("widths", None)
+    # The tiny preset's widths are vgg_small's layers; other models keep
+    # their own.
+    return dataclasses.replace(study.make_config("tiny", **values),
+                               widths=widths)
+
+
+def test_study_on_a_csv_with_the_fc_dnn_default(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 240
+    x = rng.normal(size=(n, 6))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(6)])
+    frame["kind"] = np.array(["a", "b", "c"])[y]
+    path = tmp_path / "table.csv.gz"
+    frame.to_csv(path, index=False)
+    config = _fast(dataset=str(path), label="kind", train_examples=None,
+                   test_examples=None, methods=("full", "autopruner", "l1"),
+                   widths={"dense1": 16, "dense2": 16, "dense3": 8,
+                           "dense4": 8})
+    s = study.Study(config, str(tmp_path / "out"), verbose=0, export=False)
+    s.run()
+    assert s.model_spec == "fc_dnn"
+    assert s.data.input_shape == (6,) and s.data.num_classes == 3
+    assert s.default_widths == {"dense1": 16, "dense2": 16, "dense3": 8,
+                                "dense4": 8}
+    ap = load(str(tmp_path / "out"), "autopruner_r0.5_s0")
+    full = load(str(tmp_path / "out"), "full_s0")
+    assert ap["flops"] <= 0.5 * full["flops"] * 1.001
+    l1 = load(str(tmp_path / "out"), "l1_r0.5_s0")
+    assert l1["flops"] <= 0.5 * full["flops"] * 1.001
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "Model `fc_dnn` on table.csv.gz (label 'kind'" in text
+    with pytest.raises(ValueError, match="--label"):
+        study.Study(_fast(dataset=str(path)), str(tmp_path / "o2")).data
+
+
+def small_cnn():
+    """A user's network that is no builder of the package."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(6, 3, name="c1")(inputs)
+    x = keras.layers.BatchNormalization(name="c1_bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(12, activation="relu", name="d1")(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="users_cnn")
+
+
+def test_study_on_a_keras_file(tmp_path):
+    path = str(tmp_path / "users_cnn.keras")
+    small_cnn().save(path)
+    config = _fast(model=path, train_examples=128, test_examples=64,
+                   methods=("full", "autopruner", "bn", "uniform"))
+    out = str(tmp_path / "out")
+    s = study.Study(config, out, verbose=0, export=False)
+    s.run()
+    assert s.builder is None
+    assert s.default_widths == {"c1": 6, "c2": 8, "d1": 12}
+    full, ap = load(out, "full_s0"), load(out, "autopruner_r0.5_s0")
+    assert ap["flops"] <= 0.5 * full["flops"] * 1.001
+    assert all(ap["widths"][k] <= s.default_widths[k] for k in ap["widths"])
+    uniform = load(out, "uniform_r0.5_s0")
+    assert abs(uniform["flops"] - ap["flops"]) / ap["flops"] < 0.15
+    # bn ranks only c1 (batch norm behind it); c2 and d1 stay whole.
+    bn = load(out, "bn_r0.5_s0")
+    assert bn["widths"]["c2"] == 8 and bn["widths"]["d1"] == 12
+    assert bn["widths"]["c1"] < 6
+    assert bn["flops"] <= 0.5 * full["flops"] * 1.001
+    assert "c2, d1 kept whole" in bn["notes"][0]
+    # The file gives the architecture; the study trains it from scratch.
+    trained = keras.saving.load_model(os.path.join(out, "models",
+                                                   "full_s0.keras"))
+    assert not np.allclose(trained.get_weights()[0],
+                           keras.saving.load_model(path).get_weights()[0])
+    assert "Model `" + path + "`" in open(os.path.join(out,
+                                                       "results.md")).read()
+
+
+def test_module_function_models_and_refusals(tmp_path):
+    config = _fast(model="keras_autopruner.models:vgg_small")
+    s = study.Study(config, str(tmp_path))
+    assert s.builder is None
+    assert s.default_widths == models.default_widths(models.vgg_small)
+    a, b = s.new_model(), s.new_model()
+    assert not np.allclose(a.get_weights()[0], b.get_weights()[0])
+    bad = study.Study(_fast(model="keras_autopruner.models:nothing"),
+                      str(tmp_path))
+    with pytest.raises(ValueError, match="cannot import 'nothing'"):
+        bad.new_model()
+    path = str(tmp_path / "wrong.keras")
+    models.fc_dnn(input_dim=5, num_classes=3).save(path)
+    with pytest.raises(ValueError, match=r"inputs of shape \(5,\)"):
+        study.Study(_fast(model=path), str(tmp_path)).new_model()
+
+
+
+def test_npz_data_for_the_study(tmp_path):
+    from keras_autopruner.datasets import load_study_data
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "arrays.npz")
+    np.savez(path, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+             y_train=np.arange(20) % 4,
+             x_test=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8),
+             y_test=np.arange(6) % 3)
+    data = load_study_data(_fast(dataset=path, train_examples=10,
+                                 test_examples=None))
+    assert data.input_shape == (8, 8, 1) and data.num_classes == 4
+    (x, y), _ = data.fit_args(0, 4)
+    assert x.shape == (10, 8, 8, 1) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    np.savez(str(tmp_path / "bad.npz"), x=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="lacks the keys"):
+        load_study_data(_fast(dataset=str(tmp_path / "bad.npz")))

@@ -110,7 +110,18 @@ def count_batches(dataset, name="the training data"):
 
 
 def load_study_data(config):
-    """The data named by `config.dataset`, sliced as the config says."""
+    """The data named by `config.dataset`, sliced as the config says.
+
+    `"fashion_mnist"`, a `.csv`/`.csv.gz` file (label column
+    `config.label`, split 80/20 by class and standardised by
+    `load_tabular`), an `.npz` with `x_train`, `y_train`, `x_test`,
+    `y_test`, or a `tensorflow_datasets` image set name.
+    """
+    dataset = str(config.dataset)
+    if dataset.lower().endswith((".csv", ".csv.gz")):
+        return _load_csv_data(config)
+    if dataset.lower().endswith(".npz"):
+        return _load_npz_data(config)
     if config.dataset == "fashion_mnist":
         from keras_autopruner.datasets.fashion_mnist import load_fashion_mnist
 
@@ -123,6 +134,58 @@ def load_study_data(config):
                          f"{len(xt)} test)", (28, 28, 1), 10,
                          (prep(x), y), (prep(xt), yt), train_size=len(x))
     return _load_tfds_data(config)
+
+
+def _load_csv_data(config):
+    import os
+
+    from keras_autopruner.datasets.tabular import load_tabular
+
+    label = getattr(config, "label", None)
+    if label is None:
+        raise ValueError(
+            f"dataset {config.dataset!r} is a CSV file; name its label "
+            "column with --label COLUMN (StudyConfig.label).")
+    (x, y), (xt, yt), names = load_tabular(config.dataset, label=label)
+    x, y = x[:config.train_examples], y[:config.train_examples]
+    xt, yt = xt[:config.test_examples], yt[:config.test_examples]
+    return StudyData(f"{os.path.basename(config.dataset)} (label {label!r}, "
+                     f"{len(x)} train / {len(xt)} test)", x.shape[1:],
+                     len(names), (x, y), (xt, yt), train_size=len(x))
+
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _load_npz_data(config):
+    import os
+
+    import numpy as np
+
+    if not os.path.isfile(config.dataset):
+        raise FileNotFoundError(f"dataset file {config.dataset!r} does not "
+                                "exist.")
+    with np.load(config.dataset, allow_pickle=False) as f:
+        missing = [k for k in _NPZ_KEYS if k not in f.files]
+        if missing:
+            raise ValueError(
+                f"{config.dataset} lacks the keys {missing}; a study .npz "
+                f"holds {list(_NPZ_KEYS)} (found {f.files}).")
+        x, y, xt, yt = (f[k] for k in _NPZ_KEYS)
+
+    def prep(a):
+        # 8-bit images are scaled to [0, 1]; (N, H, W) gets a channel axis.
+        scaled = a.astype("float32") / (255.0 if a.dtype == np.uint8
+                                         else 1.0)
+        return scaled[..., None] if a.ndim == 3 else scaled
+
+    y, yt = y.astype("int64").reshape(-1), yt.astype("int64").reshape(-1)
+    x, y = prep(x)[:config.train_examples], y[:config.train_examples]
+    xt, yt = prep(xt)[:config.test_examples], yt[:config.test_examples]
+    classes = int(max(y.max(), yt.max())) + 1
+    return StudyData(f"{os.path.basename(config.dataset)} ({len(x)} train / "
+                     f"{len(xt)} test)", x.shape[1:], classes, (x, y),
+                     (xt, yt), train_size=len(x))
 
 
 def _load_tfds_data(config):

@@ -7,6 +7,12 @@ Example:
 
     python -m keras_autopruner.study --preset=demo --seeds=0,1,2 \\
         --out=runs/demo_3_seeds
+    python -m keras_autopruner.study --model=my_net.keras \\
+        --dataset=table.csv --label=class --out=runs/mine
+    # array jobs: each shard trains every n-th (seed, rate) unit ...
+    python -m keras_autopruner.study --preset=demo --shard=$I/4 --out=runs/x
+    # ... then one job writes the report from the stored runs
+    python -m keras_autopruner.study --merge --out=runs/x
 """
 
 import dataclasses
@@ -15,8 +21,8 @@ import time
 
 from absl import app, flags
 
-from keras_autopruner.study.config import (IMAGE_MODELS, METHODS, PRESETS,
-                                           StudyConfig, make_config)
+from keras_autopruner.study.config import (METHODS, PRESETS, StudyConfig,
+                                           make_config)
 
 
 def define_flags(fv=flags.FLAGS):
@@ -27,12 +33,25 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_string("out", None,
                         "output folder (default runs/study_<preset>)",
                         flag_values=fv)
-    flags.DEFINE_enum("model", None, list(IMAGE_MODELS),
-                      "network builder (default vgg_small)", flag_values=fv)
+    flags.DEFINE_string("model", None,
+                        "a builder (vgg_small, vgg16_cub, fc_dnn), a .keras "
+                        "file or module:function returning an uncompiled "
+                        "model (default vgg_small for images, fc_dnn for "
+                        "tabular data)", flag_values=fv)
     flags.DEFINE_string("dataset", None,
-                        "'fashion_mnist' (shipped subset) or a "
-                        "tensorflow_datasets image set name, e.g. cifar10",
+                        "'fashion_mnist' (shipped subset), a .csv/.csv.gz "
+                        "(with --label), an .npz with x_train, y_train, "
+                        "x_test, y_test, or a tensorflow_datasets image set "
+                        "name, e.g. cifar10", flag_values=fv)
+    flags.DEFINE_string("label", None, "label column of a CSV dataset",
                         flag_values=fv)
+    flags.DEFINE_string("shard", None,
+                        "i/n: run only every n-th (seed, rate) unit from "
+                        "the i-th (0-based), for array jobs; no report",
+                        flag_values=fv)
+    flags.DEFINE_bool("merge", False,
+                      "train nothing: write the report from the runs "
+                      "stored in --out (after the shards)", flag_values=fv)
     flags.DEFINE_string("data_path", None,
                         "Fashion-MNIST IDX directory or .npz", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "image side for tfds sets",
@@ -123,15 +142,30 @@ def run_from_flags(fv):
     """Run the study the flags describe and print its table; returns 0."""
     from keras_autopruner.study.runner import Study
 
-    config, out = config_from_flags(fv)
     start = time.time()
-    study = Study(config, out, verbose=fv.verbose, export=fv.export)
-    study.run()
+    if fv.merge:
+        if fv.out is None:
+            raise ValueError("--merge needs --out: the folder the shards "
+                             "wrote to.")
+        out = fv.out
+        study = Study.from_folder(out, verbose=fv.verbose, export=fv.export)
+        if study.export:
+            study.export_compact()
+        study.report()
+    else:
+        config, out = config_from_flags(fv)
+        study = Study(config, out, verbose=fv.verbose, export=fv.export,
+                      shard=fv.shard)
+        study.run()
+        if study.shard is not None:
+            print(f"Shard {fv.shard} done in {time.time() - start:.0f} s; "
+                  f"runs in {os.path.abspath(os.path.join(out, 'runs'))}.")
+            return 0
     print()
     with open(os.path.join(out, "results.md")) as f:
         print(f.read())
     print(f"Outputs in {os.path.abspath(out)}:")
-    for name in ("results.md", "results.csv", "runs.csv",
+    for name in ("results.md", "results.csv", "paired.csv", "runs.csv",
                  "accuracy_vs_flops.png", "kept_profile.png"):
         print(f"  {os.path.join(out, name)}")
     for name in sorted(os.listdir(out)):

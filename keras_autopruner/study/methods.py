@@ -4,7 +4,10 @@ Each method is a function `(study, rate, seed, prefix) -> result dict`
 that trains one model through the public helpers of `Study` and returns at
 least `accuracy`, `loss`, `params`, `flops`, `widths`, `epochs` and
 `own_epochs`. `RUNNERS` maps each name of `METHODS` to its function; the
-study runs them in that order.
+study runs them in that order. Every method but `magnitude` is built
+through the package for any architecture (`Study.new_model`, `kap.prune`,
+`strip(model, keep=...)`, `keras.models.clone_model`), never from a
+builder's widths.
 
 - `full`: the unpruned network, trained for `full_epochs`;
 - `autopruner`: the trained full network of the same seed, gated, pruned
@@ -12,35 +15,125 @@ study runs them in that order.
   the run always ends with the exact choice, and the epoch in which it is
   made is finished with the chosen network), stripped, then fine-tuned for
   `finetune_epochs` at `finetune_learning_rate`;
-- `scratch`: the architecture AutoPruner selected (same per-layer widths),
-  from a fresh random init;
-- `uniform`: every prunable layer narrowed by one factor, chosen by
-  bisection so that the MACs (global MAC budget) or else the parameter
-  count match AutoPruner's model;
+- `full_equal`: the unpruned network trained from scratch for AutoPruner's
+  total epochs, its last `finetune_epochs` at `finetune_learning_rate`:
+  the fair upper reference;
+- `l1`, `l2`, `bn`, `taylor`, `random`: the trained full network of the
+  same seed cut once by that criterion (`kap.prune`, the study's objective
+  and AutoPruner's rate), then fine-tuned for AutoPruner's epochs after
+  full training (pruning epochs used + fine-tuning), the last
+  `finetune_epochs` at `finetune_learning_rate`;
+- `scratch`: AutoPruner's stripped network re-initialised and trained
+  from scratch;
+- `uniform`: one width factor for every gated layer (the first
+  `round(f * units)` channels kept, `strip(model, keep=...)`), `f` found
+  by bisection so that the MACs (MAC budget) or else the parameters match
+  AutoPruner's model, re-initialised and trained from scratch;
 - `magnitude`: unstructured magnitude pruning with
   tensorflow-model-optimization on the `tf_keras` twin of the full network,
-  to the same number of non-zero parameters.
+  to the same number of non-zero parameters (builders only).
 
-`scratch` and `uniform` train for as many epochs as went into AutoPruner's
-model in total (full training + pruning epochs actually used +
-fine-tuning), and their last `finetune_epochs` run at
+`scratch`, `uniform` and `full_equal` train for as many epochs as went
+into AutoPruner's model in total (full training + pruning epochs actually
+used + fine-tuning); every method's last `finetune_epochs` run at
 `finetune_learning_rate`, as AutoPruner's fine-tuning does: no method wins
-by its schedule. `magnitude` starts from the trained full network, like
-AutoPruner, and prunes and fine-tunes for as many epochs as AutoPruner did.
+by its epochs or its schedule. Methods that cut a trained network record
+the accuracy right after the cut (`accuracy_cut`; AutoPruner's is right
+after strip).
 """
+
+import shutil
+import zlib
 
 import numpy as np
 
-from keras_autopruner.study.config import log, run_key
+from keras_autopruner.study.config import CRITERIA, log, run_key
 
 
 def run_full(study, rate, seed, prefix):
     """The full network, trained from scratch for `full_epochs`."""
     c = study.config
-    model, history = study.train_new(study.default_widths, c.full_epochs,
-                                     seed, prefix)
+    model = study.new_model()
+    history = study.train(model, c.full_epochs, seed, prefix)
     return study.finish(model, run_key("full", None, seed), history,
                         epochs=c.full_epochs, own_epochs=c.full_epochs)
+
+
+def run_full_equal(study, rate, seed, prefix):
+    """The full network from scratch for AutoPruner's total epochs.
+
+    AutoPruner's total is the same at most rates (pruning takes all of
+    `prune_epochs`); a run of another rate of the same seed and the same
+    epochs is then reused instead of trained again. Its random seed
+    depends on the seed and the epochs only, so reused or trained, the
+    run is the same.
+    """
+    import keras
+
+    c = study.config
+    ap = study.autopruner_run(rate, seed)
+    epochs = int(ap["epochs"])
+    key = run_key("full_equal", rate, seed)
+    for other in c.rates:
+        done = study.load_run(run_key("full_equal", other, seed))
+        if done is not None and done["epochs"] == epochs:
+            log(f"{prefix}: same epochs ({epochs}) as {done['key']}; "
+                "reusing its model")
+            shutil.copyfile(study.model_file(done),
+                            study.path("models", f"{key}.keras"))
+            result = {k: v for k, v in done.items()
+                      if k not in ("key", "rate", "train_s")}
+            result["notes"] = [f"same training as {done['key']}"]
+            return result
+    keras.utils.set_random_seed(
+        (1000003 * int(seed) + zlib.crc32(f"full_equal_e{epochs}".encode()))
+        % (2 ** 31))
+    model = study.new_model()
+    history = study.train(model, epochs, seed, prefix, c.finetune_epochs)
+    return study.finish(model, key, history, epochs=epochs,
+                        own_epochs=epochs)
+
+
+def _criterion_runner(name):
+    def run(study, rate, seed, prefix):
+        import keras_autopruner as kap
+
+        c = study.config
+        ap = study.autopruner_run(rate, seed)
+        full = study.full_model(seed)
+        extra, notes = {}, []
+        if name == "bn":
+            # |gamma| cannot rank a layer with no batch norm behind it:
+            # such layers stay whole and the others meet the budget.
+            bare = without_batch_norm(full, study.prunable_units(full))
+            if bare:
+                extra["exclude"] = bare
+                notes.append(f"bn: {', '.join(bare)} kept whole (no "
+                             "batch norm behind them)")
+        compact = kap.prune(
+            full, importance=name, target_rate=rate,
+            objective=kap.PruningObjective(c.objective, weighting=c.weighting),
+            data=study.sample_batches() if name == "taylor" else None,
+            **extra)
+        study.compile(compact)
+        _, cut_acc = study.evaluate(compact)
+        epochs = int(ap["own_epochs"])
+        log(f"{prefix}: cut by {name}, accuracy before fine-tuning "
+            f"{cut_acc:.4f}; fine-tuning {epochs} epochs (AutoPruner's after "
+            "full training)...")
+        history = study.train(compact, epochs, seed, prefix,
+                              min(c.finetune_epochs, epochs))
+        return study.finish(
+            compact, run_key(name, rate, seed), history,
+            epochs=c.full_epochs + epochs, own_epochs=epochs,
+            accuracy_cut=cut_acc,
+            notes=notes + list(compact.pruning_report.notes))
+
+    run.__name__ = f"run_{name}"
+    run.__doc__ = (f"The trained full model cut by the {name!r} criterion "
+                   "at AutoPruner's budget, fine-tuned for AutoPruner's "
+                   "epochs after full training.")
+    return run
 
 
 def run_autopruner(study, rate, seed, prefix):
@@ -79,6 +172,8 @@ def run_autopruner(study, rate, seed, prefix):
                      f"{done['binary']:.1%} binary codes")
     study.compile(compact)
     _, stripped_acc = study.evaluate(compact)
+    # For the report's "after the cut" column, like the criteria's.
+    cut_acc = stripped_acc
     mac_share = count_flops(compact).total / count_flops(full).total
     log(f"{prefix}: {done['reason']} after {done['steps']} steps; "
         f"stripped to {mac_share:.3f} of the MACs (kept "
@@ -100,7 +195,7 @@ def run_autopruner(study, rate, seed, prefix):
         full_widths={k: study.default_widths[k]
                      for k in study.default_widths},
         accuracy_gated_hard=hard_acc, accuracy_stripped=stripped_acc,
-        notes=notes)
+        accuracy_cut=cut_acc, notes=notes)
 
 
 def _stop_at_epoch_end(pruner):
@@ -116,28 +211,99 @@ def _stop_at_epoch_end(pruner):
     return StopAtEpochEnd()
 
 
+def without_batch_norm(model, layers):
+    """The names in `layers` whose output feeds no BatchNormalization."""
+    import keras
+
+    fed = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for node in getattr(layer, "_inbound_nodes", []):
+                for tensor in node.input_tensors:
+                    history = getattr(tensor, "_keras_history", None)
+                    if history is not None:
+                        fed.add(history[0].name)
+    return [name for name in layers if name not in fed]
+
+
 def run_scratch(study, rate, seed, prefix):
-    """AutoPruner's widths from a fresh init, for AutoPruner's epochs."""
+    """AutoPruner's stripped network re-initialised, for AutoPruner's
+    epochs."""
+    import keras
+
     ap = study.autopruner_run(rate, seed)
-    model, history = study.train_new(ap["widths"], ap["epochs"], seed,
-                                     prefix, study.config.finetune_epochs)
+    compact = keras.saving.load_model(study.model_file(ap), compile=False)
+    model = keras.models.clone_model(compact)
+    history = study.train(model, ap["epochs"], seed, prefix,
+                          study.config.finetune_epochs)
     return study.finish(model, run_key("scratch", rate, seed), history,
                         epochs=ap["epochs"], own_epochs=ap["epochs"])
 
 
+def uniform_masks(units, factor):
+    """`{layer: mask}` keeping the first `round(factor * units)` (at least
+    1) channels of each layer of `units` (`{layer: channel count}`)."""
+    return {layer: np.arange(n) < max(1, int(round(factor * n)))
+            for layer, n in units.items()}
+
+
+def match_uniform(model, target_share, weighting="flops", steps=40):
+    """The one width factor whose uniform masks keep `target_share` of
+    `model`'s cost (`"flops"` or `"params"`), by bisection.
+
+    The cost is `kap.cost_share` of the masks (no strip per step); it grows
+    with the factor in steps (rounding), so the result is the closest
+    share reached.
+
+    Returns:
+        `(factor, masks, share)`.
+    """
+    import keras_autopruner as kap
+    from keras_autopruner.gate import gates_of
+
+    gated = kap.add_gates(model, 1.0)
+    units = {g.name.removesuffix("_gate"): int(g.units)
+             for g in gates_of(gated)}
+    if not units:
+        raise ValueError(
+            f"uniform: {model.name!r} has no layer add_gates can gate, so "
+            "there is no width to scale. Leave 'uniform' out of --methods.")
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        masks = uniform_masks(units, mid)
+        share = kap.cost_share(gated, weighting, masks={
+            f"{layer}_gate": m for layer, m in masks.items()})
+        if best is None or abs(share - target_share) < abs(
+                best[2] - target_share):
+            best = (mid, masks, share)
+        if abs(share - target_share) <= 1e-3 * target_share:
+            break
+        lo, hi = (mid, hi) if share < target_share else (lo, mid)
+    return best
+
+
 def run_uniform(study, rate, seed, prefix):
-    """Every layer narrowed by one factor to AutoPruner's MACs or params."""
-    from keras_autopruner import models
+    """Every gated layer narrowed by one factor to AutoPruner's MACs or
+    params, re-initialised, for AutoPruner's epochs."""
+    import keras
+
+    import keras_autopruner as kap
+    from keras_autopruner.metrics import count_flops, count_params
 
     ap = study.autopruner_run(rate, seed)
+    full = study.full_model(seed)
     measure = study.uniform_measure
-    factor, widths, cost = models.match_cost(
-        study.builder, ap[measure], measure, widths=study.default_widths,
-        **study.build_kwargs())
-    log(f"{prefix}: width factor {factor:.3f} gives {cost:,} {measure} "
-        f"(AutoPruner: {ap[measure]:,})")
-    model, history = study.train_new(widths, ap["epochs"], seed, prefix,
-                                     study.config.finetune_epochs)
+    counter = {"flops": lambda m: count_flops(m).total,
+               "params": count_params}[measure]
+    target = ap[measure] / counter(full)
+    factor, masks, share = match_uniform(full, target, measure)
+    log(f"{prefix}: width factor {factor:.3f} keeps {share:.4f} of the "
+        f"{measure} (AutoPruner: {target:.4f})")
+    cut = kap.strip(full, keep=masks)
+    model = keras.models.clone_model(cut)
+    history = study.train(model, ap["epochs"], seed, prefix,
+                          study.config.finetune_epochs)
     return study.finish(model, run_key("uniform", rate, seed), history,
                         epochs=ap["epochs"], own_epochs=ap["epochs"],
                         factor=factor)
@@ -165,6 +331,11 @@ def run_magnitude(study, rate, seed, prefix):
     from keras_autopruner import models
     from keras_autopruner.metrics import count_params
 
+    if study.builder is None:
+        raise ValueError(
+            f"The magnitude baseline needs the tf_keras twin of a builder; "
+            f"model {study.model_spec!r} is not one. Leave 'magnitude' out "
+            "of --methods.")
     ap = study.autopruner_run(rate, seed)
     full = study.full_model(seed)
     twin = models.with_widths(study.builder, study.default_widths)(
@@ -225,6 +396,8 @@ def run_magnitude(study, rate, seed, prefix):
 RUNNERS = {
     "full": run_full,
     "autopruner": run_autopruner,
+    "full_equal": run_full_equal,
+    **{name: _criterion_runner(name) for name in CRITERIA},
     "scratch": run_scratch,
     "uniform": run_uniform,
     "magnitude": run_magnitude,

@@ -13,8 +13,9 @@ def plot_accuracy_vs_flops(table, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    markers = {"autopruner": "o", "scratch": "s", "uniform": "^",
-               "magnitude": "x"}
+    markers = {"autopruner": "o", "full_equal": "P", "l1": "v", "l2": "<",
+               "bn": ">", "taylor": "D", "random": "d", "scratch": "s",
+               "uniform": "^", "magnitude": "x"}
     for method in METHODS:
         rows = table[table["method"] == method].sort_values("flops")
         if rows.empty:

@@ -8,6 +8,41 @@ from keras_autopruner.study.plots import (plot_accuracy_vs_flops,
                                           plot_kept_profile)
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom; between
+# entries the next smaller df is used (a wider, conservative interval), so
+# the report needs no scipy.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
+        7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131,
+        20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t_quantile(df):
+    """The two-sided 95% quantile of Student's t with `df` >= 1."""
+    return _T95[max(k for k in _T95 if k <= df)] if df <= 120 else 1.960
+
+
+def t_interval(values):
+    """Mean and 95% t-interval of `values` (over seeds).
+
+    Returns:
+        `(mean, low, high)`; low and high are NaN for fewer than 2 values.
+
+    Example:
+
+    >>> mean, low, high = t_interval([0.01, 0.02, 0.03])
+    >>> round(mean, 3), round(low, 4), round(high, 4)
+    (0.02, -0.0048, 0.0448)
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def runs_frame(runs):
     """One row per run, the columns of `runs.csv`."""
     import pandas as pd
@@ -17,8 +52,10 @@ def runs_frame(runs):
         rows.append({
             "method": r["method"], "rate": r["rate"], "seed": r["seed"],
             "accuracy": r["accuracy"], "loss": r["loss"],
+            "accuracy_cut": r.get("accuracy_cut"),
             "params": r["params"], "flops": r["flops"],
-            "latency_ms": r.get("latency_ms"), "epochs": r["epochs"],
+            "latency_ms": r.get("latency_ms"),
+            "throughput": r.get("throughput"), "epochs": r["epochs"],
             "own_epochs": r["own_epochs"], "train_s": r.get("train_s"),
             "prune_epochs": r.get("prune_epochs"),
             "prune_steps": r.get("prune_steps"),
@@ -42,6 +79,14 @@ def results_frame(runs_df):
     order = {m: i for i, m in enumerate(METHODS)}
     df = runs_df.copy()
     df["rate"] = df["rate"].fillna(1.0)
+    for column in ("accuracy_cut", "latency_ms", "throughput"):
+        if column not in df:
+            df[column] = float("nan")
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    full = df[df["method"] == "full"]
+    full_latency = full["latency_ms"].median() if len(full) else float("nan")
+    full_throughput = (full["throughput"].median() if len(full)
+                       else float("nan"))
     rows = []
     for (method, rate), g in df.groupby(["method", "rate"], sort=False):
         acc = g["accuracy"]
@@ -50,8 +95,13 @@ def results_frame(runs_df):
             "accuracy": acc.mean(),
             "accuracy_std": acc.std(ddof=1) if len(g) > 1 else float("nan"),
             "accuracy_min": acc.min(), "accuracy_max": acc.max(),
+            "accuracy_cut": g["accuracy_cut"].mean(),
             "params": g["params"].mean(), "flops": g["flops"].mean(),
             "latency_ms": g["latency_ms"].median(),
+            "throughput": g["throughput"].median(),
+            "speedup_latency": full_latency / g["latency_ms"].median(),
+            "speedup_throughput": (g["throughput"].median()
+                                   / full_throughput),
             "epochs": g["epochs"].mean(),
             "own_epochs": g["own_epochs"].mean(),
             "train_s": g["train_s"].sum(),
@@ -64,68 +114,119 @@ def results_frame(runs_df):
     return table.drop(columns="_order").reset_index(drop=True)
 
 
-def findings(table):
-    """Plain sentences comparing AutoPruner with each baseline, per rate."""
+def paired_frame(runs_df):
+    """AutoPruner minus each other method, paired by seed, per rate.
+
+    The full model (no rate) is paired with AutoPruner at every rate.
+    Columns: `rate`, `method`, `seeds` (pairs), `diff` (mean of
+    AutoPruner's accuracy minus the method's, as a fraction), `low`,
+    `high` (its 95% t-interval over the seeds; NaN with one pair) and
+    `verdict`: `"beats"` (interval above 0), `"loses to"` (below 0),
+    `"ties with"` (it holds 0) or `"one seed"` (no interval).
+    """
+    import pandas as pd
+
+    df = runs_df
+    ap = df[df["method"] == "autopruner"]
+    rows = []
+    for rate in sorted(set(ap["rate"]), reverse=True):
+        mine = ap[ap["rate"] == rate].set_index("seed")["accuracy"]
+        for method in METHODS:
+            if method == "autopruner":
+                continue
+            them = df[(df["method"] == method)
+                      & ((df["rate"] == rate) if method != "full"
+                         else df["rate"].isna())]
+            them = them.set_index("seed")["accuracy"]
+            seeds = sorted(set(mine.index) & set(them.index))
+            if not seeds:
+                continue
+            diffs = [mine[s] - them[s] for s in seeds]
+            mean, low, high = t_interval(diffs)
+            if len(seeds) < 2:
+                verdict = "one seed"
+            elif low > 0:
+                verdict = "beats"
+            elif high < 0:
+                verdict = "loses to"
+            else:
+                verdict = "ties with"
+            rows.append({"rate": rate, "method": method,
+                         "seeds": len(seeds), "diff": mean, "low": low,
+                         "high": high, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["rate", "method", "seeds", "diff",
+                                       "low", "high", "verdict"])
+
+
+def findings(table, paired=None):
+    """Plain sentences comparing AutoPruner with each baseline, per rate.
+
+    Verdicts follow the paired 95% interval over seeds (`paired_frame`),
+    never the means alone.
+    """
     lines = []
     full = table[table["method"] == "full"]
-    full_acc = float(full["accuracy"].iloc[0]) if len(full) else None
-    for rate in sorted(table.loc[table["method"] == "autopruner", "rate"]):
+    for rate in sorted(table.loc[table["method"] == "autopruner", "rate"],
+                       reverse=True):
         at = table[table["rate"] == rate].set_index("method")
         ap = at.loc["autopruner"]
-        for other in ("scratch", "uniform", "magnitude"):
-            if other not in at.index:
-                continue
-            o = at.loc[other]
-            diff = 100 * (ap["accuracy"] - o["accuracy"])
-            spread = 100 * _pooled_std(ap, o)
-            if math.isnan(spread):
-                verdict = ("beats" if diff > 0 else "does not beat")
-                caveat = (" (one seed: no spread known, so small gaps may "
-                          "be noise)")
-            elif abs(diff) <= spread:
-                verdict, caveat = "ties with", (
-                    f" (gap within the seed spread of {spread:.2f} pt)")
-            else:
-                verdict = "beats" if diff > 0 else "does not beat"
-                caveat = f" (seed spread {spread:.2f} pt)"
-            lines.append(
-                f"rate {rate:g}: AutoPruner {verdict} "
-                f"{METHOD_LABELS[other]}: {100 * ap['accuracy']:.2f}% vs "
-                f"{100 * o['accuracy']:.2f}% ({diff:+.2f} pt){caveat}; MACs "
-                f"{ap['flops'] / 1e6:.2f} M vs {o['flops'] / 1e6:.2f} M.")
-        if full_acc is not None:
+        if paired is not None and len(paired):
+            for _, p in paired[paired["rate"] == rate].iterrows():
+                other = p["method"]
+                o = (full.iloc[0] if other == "full" else at.loc[other])
+                d = 100 * p["diff"]
+                head = (f"rate {rate:g}: AutoPruner {p['verdict']} "
+                        f"{METHOD_LABELS[other]}: "
+                        f"{100 * ap['accuracy']:.2f}% vs "
+                        f"{100 * o['accuracy']:.2f}%, paired difference "
+                        f"{d:+.2f} pt")
+                if p["verdict"] == "one seed":
+                    head = (f"rate {rate:g}: AutoPruner vs "
+                            f"{METHOD_LABELS[other]}: "
+                            f"{100 * ap['accuracy']:.2f}% vs "
+                            f"{100 * o['accuracy']:.2f}% ({d:+.2f} pt) on "
+                            "one seed: no interval, so no verdict")
+                else:
+                    head += (f", 95% interval [{100 * p['low']:+.2f}, "
+                             f"{100 * p['high']:+.2f}] over "
+                             f"{int(p['seeds'])} seeds")
+                    if p["seeds"] == 2:
+                        head += (" (2 seeds: t has 1 degree of freedom, so "
+                                 "the interval is wide)")
+                lines.append(head + f"; MACs {ap['flops'] / 1e6:.3f} M vs "
+                             f"{o['flops'] / 1e6:.3f} M.")
+        if len(full):
             f = full.iloc[0]
-            gap = 100 * (ap["accuracy"] - full_acc)
-            line = (f"rate {rate:g}: AutoPruner is {gap:+.2f} pt from the "
-                    f"full model with {100 * ap['params'] / f['params']:.0f}% "
-                    f"of its parameters and "
+            line = (f"rate {rate:g}: AutoPruner keeps "
+                    f"{100 * ap['params'] / f['params']:.0f}% of the full "
+                    f"model's parameters and "
                     f"{100 * ap['flops'] / f['flops']:.0f}% of its MACs; "
                     f"pruning converged in {int(ap['converged'])} of "
                     f"{int(ap['seeds'])} seeds; pruning + fine-tuning took "
-                    f"{ap['own_epochs']:g} epochs on average, the full "
-                    f"model's training {f['epochs']:g}.")
-            if gap > 0 and f["epochs"] < ap["epochs"]:
-                # Not a sign that pruning helps: the others trained longer.
-                line += (f" The full model trained {f['epochs']:g} epochs, "
-                         f"AutoPruner's {ap['epochs']:g} in all, so it is no "
-                         "upper bound here.")
+                    f"{ap['own_epochs']:g} epochs on average, "
+                    f"{ap['epochs']:g} in all (the full model "
+                    f"{f['epochs']:g}).")
+            if f["epochs"] < ap["epochs"]:
+                line += (" The full model trained fewer epochs, so it is no "
+                         "upper bound; full_equal (the full model for "
+                         "AutoPruner's total epochs) is.")
             lines.append(line)
     return lines
 
 
-def _pooled_std(a, b):
-    if a["seeds"] < 2 or b["seeds"] < 2:
-        return float("nan")
-    return math.sqrt(a["accuracy_std"] ** 2 / a["seeds"]
-                     + b["accuracy_std"] ** 2 / b["seeds"])
+def _fmt(value, spec, missing="-"):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
 
 
 def markdown_table(table):
     """The results table as Markdown."""
     header = ["method", "rate", "seeds", "accuracy %", "spread (pt)",
-              "params", "MACs (M)", "latency (ms)", "epochs"]
+              "after cut %", "params", "MACs (M)", "latency b=1 (ms)",
+              "throughput b=256 (ex/s)", "speed-up b=1 / b=256", "epochs"]
     out = ["| " + " | ".join(header) + " |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for _, r in table.iterrows():
         if r["seeds"] > 1:
             spread = (f"±{100 * r['accuracy_std']:.2f} "
@@ -133,20 +234,39 @@ def markdown_table(table):
                       f"{100 * r['accuracy_max']:.1f}]")
         else:
             spread = "n/a (1 seed)"
-        ms = r["latency_ms"]
-        latency = "-" if ms is None or math.isnan(ms) else f"{ms:.3f}"
+        cut = r.get("accuracy_cut", float("nan"))
+        speedup = (f"{_fmt(r.get('speedup_latency'), '.2f')}x / "
+                   f"{_fmt(r.get('speedup_throughput'), '.2f')}x")
         out.append("| " + " | ".join([
             METHOD_LABELS[r["method"]],
             "-" if r["method"] == "full" else f"{r['rate']:g}",
             str(int(r["seeds"])), f"{100 * r['accuracy']:.2f}", spread,
+            _fmt(None if cut is None else 100 * cut, ".2f"),
             f"{int(round(r['params'])):,}", f"{r['flops'] / 1e6:.3f}",
-            latency, f"{r['epochs']:g}",
+            _fmt(r.get("latency_ms"), ".3f"),
+            _fmt(r.get("throughput"), ",.0f"), speedup,
+            f"{r['epochs']:g}",
         ]) + " |")
     return "\n".join(out)
 
 
-def write_report(runs, config, out, data_name=""):
-    """Write runs.csv, results.csv, results.md and the two plots.
+def paired_table(paired):
+    """The paired differences as Markdown."""
+    out = ["| rate | AutoPruner minus | seeds | mean (pt) | 95% interval "
+           "(pt) | verdict |", "|---:|---|---:|---:|---|---|"]
+    for _, p in paired.iterrows():
+        interval = ("n/a (1 seed)" if p["seeds"] < 2 else
+                    f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]")
+        out.append(f"| {p['rate']:g} | {METHOD_LABELS[p['method']]} | "
+                   f"{int(p['seeds'])} | {100 * p['diff']:+.2f} | "
+                   f"{interval} | "
+                   + ("no verdict (1 seed)" if p["verdict"] == "one seed"
+                      else f"AutoPruner {p['verdict']}") + " |")
+    return "\n".join(out)
+
+
+def write_report(runs, config, out, data_name="", model_name=None):
+    """Write runs.csv, results.csv, paired.csv, results.md and the plots.
 
     Returns:
         The results table (pandas DataFrame).
@@ -155,10 +275,12 @@ def write_report(runs, config, out, data_name=""):
     runs_df.to_csv(os.path.join(out, "runs.csv"), index=False)
     table = results_frame(runs_df)
     table.to_csv(os.path.join(out, "results.csv"), index=False)
+    paired = paired_frame(runs_df)
+    paired.to_csv(os.path.join(out, "paired.csv"), index=False)
     lines = [
         "# AutoPruner comparison study",
         "",
-        f"Model `{config.model}` on {data_name}; rates "
+        f"Model `{model_name or config.model}` on {data_name}; rates "
         f"{', '.join(f'{r:g}' for r in config.rates)}; seeds "
         f"{', '.join(str(s) for s in config.seeds)}. Full model "
         f"{config.full_epochs} epochs; AutoPruner prunes for at most "
@@ -166,19 +288,32 @@ def write_report(runs, config, out, data_name=""):
         f"objective `{config.objective}`"
         + (f" by {config.weighting}" if config.objective == "global" else "")
         + f"), then fine-tunes {config.finetune_epochs} at learning rate "
-        f"{config.finetune_learning_rate:g}; the baselines train for "
-        "AutoPruner's total epochs, the last "
-        f"{config.finetune_epochs} at that rate too. Accuracy on the test "
-        "split; MACs per example; "
-        "latency is the median batch-1 CPU call, all models timed side by "
-        "side.",
+        f"{config.finetune_learning_rate:g}. The criteria's cuts of the "
+        "trained full model fine-tune for AutoPruner's epochs after full "
+        "training; the networks from scratch (full_equal, scratch, "
+        "uniform) train for AutoPruner's total epochs; every method's last "
+        f"{config.finetune_epochs} epochs run at that rate. Accuracy on "
+        "the test split; 'after cut' is the accuracy right after the cut "
+        "(AutoPruner: right after strip), before fine-tuning; MACs per "
+        "example; latency is the median batch-1 CPU call, throughput the "
+        "median batch-256 call, all models timed side by side; speed-up "
+        "is against the full model.",
         "",
         markdown_table(table),
+        "",
+        "## Paired differences",
+        "",
+        "AutoPruner's accuracy minus each method's, seed by seed; mean and "
+        "95% t-interval over the seeds. AutoPruner beats a method when the "
+        "interval lies above 0, loses to it when below, ties when it holds "
+        "0.",
+        "",
+        paired_table(paired),
         "",
         "## Findings",
         "",
     ]
-    lines += [f"- {line}" for line in findings(table)]
+    lines += [f"- {line}" for line in findings(table, paired)]
     if "magnitude" in set(table["method"]):
         lines += ["- magnitude pruning is unstructured: its params column "
                   "counts non-zero weights, its model is stored and run "

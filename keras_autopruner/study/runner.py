@@ -1,8 +1,10 @@
 """`Study`: runs every (method, rate, seed) once, stores it, reports.
 
 The methods themselves live in `keras_autopruner.study.methods` and reach
-the study only through the public helpers here (`fit`, `train_new`,
-`finish`, `full_model`, `autopruner_run`, ...).
+the study only through the public helpers here (`new_model`, `fit`,
+`train`, `finish`, `full_model`, `autopruner_run`, ...), so every method
+works for any model the study is given: a builder, a `.keras` file or a
+`module:function`.
 """
 
 import dataclasses
@@ -13,7 +15,10 @@ import zlib
 
 import numpy as np
 
-from keras_autopruner.study.config import StudyConfig, log, rate_tag, run_key
+from keras_autopruner.study.config import (DEFAULT_IMAGE_MODEL,
+                                           DEFAULT_TABULAR_MODEL,
+                                           StudyConfig, log, rate_tag,
+                                           run_key)
 
 
 class Study:
@@ -32,6 +37,11 @@ class Study:
             progress bar.
         data: a `StudyData` to use instead of `load_study_data(config)`.
         export: export one compact SavedModel.
+        shard: `(i, n)`: run only every n-th unit of work, starting at the
+            i-th (0-based), for array jobs; a unit is one (seed, rate): its
+            AutoPruner run and every baseline after it (and the seed's full
+            model if no earlier unit stored it). A shard writes no report;
+            `Study.report()` (`--merge`) writes it from the stored runs.
 
     Example:
 
@@ -40,18 +50,145 @@ class Study:
     >>> table = s.run()  # doctest: +SKIP
     """
 
-    def __init__(self, config, out, verbose=1, data=None, export=True):
+    def __init__(self, config, out, verbose=1, data=None, export=True,
+                 shard=None):
         self.config = config
         self.out = os.fspath(out)
         self.verbose = int(verbose)
         self.export = bool(export)
         self._data = data
+        self.shard = check_shard(shard)
         self.ran, self.skipped = [], []
+        self._template = None
+        self._widths = None
+
+    @classmethod
+    def from_folder(cls, out, **kwargs):
+        """The study whose settings `<out>/config.json` holds (for merging
+        the runs of shards)."""
+        path = os.path.join(os.fspath(out), "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: {out} holds no study. Pass the "
+                "--out folder the shards wrote to.")
+        with open(path) as f:
+            stored = json.load(f)
+        fields = {f.name for f in dataclasses.fields(StudyConfig)}
+        values = {k: v for k, v in stored.items() if k in fields}
+        for key in ("rates", "seeds", "methods"):
+            values[key] = tuple(values[key])
+        return cls(StudyConfig(**values), out, **kwargs)
+
+    # -- the model --
+    @property
+    def model_spec(self):
+        """The study's model: `config.model`, or the default for the data
+        (`fc_dnn` for tabular data, `vgg_small` for images)."""
+        if self.config.model is not None:
+            return self.config.model
+        tabular = len(self.data.input_shape) == 1
+        return DEFAULT_TABULAR_MODEL if tabular else DEFAULT_IMAGE_MODEL
+
+    @property
+    def builder(self):
+        """The builder function when the model is a builder name, else None."""
         from keras_autopruner import models
 
-        self.builder = models.get_builder(config.model)
-        self.default_widths = models.default_widths(self.builder)
-        self.default_widths.update(config.widths or {})
+        spec = self.model_spec
+        return models.get_builder(spec) if spec in models.BUILDERS else None
+
+    def build_kwargs(self):
+        """Input shape and class count for the model builders."""
+        from keras_autopruner import models
+
+        d = self.data
+        if self.builder is models.fc_dnn:
+            if len(d.input_shape) != 1:
+                raise ValueError(
+                    f"fc_dnn takes rows of features; {d.name} has examples "
+                    f"of shape {d.input_shape}. Pick an image model "
+                    "(--model vgg_small) or tabular data.")
+            return {"input_dim": d.input_shape[0],
+                    "num_classes": d.num_classes}
+        return {"input_shape": d.input_shape, "num_classes": d.num_classes}
+
+    def new_model(self):
+        """A freshly initialised full model (uncompiled)."""
+        import keras
+
+        from keras_autopruner import models
+
+        if self.builder is not None:
+            widths = models.default_widths(self.builder)
+            widths.update(self.config.widths or {})
+            return models.with_widths(self.builder, widths)(
+                **self.build_kwargs())
+        if self._template is None:
+            self._template = self._load_template()
+        # clone_model builds new layers from their configs, so each call
+        # draws new initial weights (the file's weights are not used).
+        return keras.models.clone_model(self._template)
+
+    def _load_template(self):
+        import importlib
+
+        import keras
+
+        spec = self.model_spec
+        if spec.endswith(".keras"):
+            model = keras.saving.load_model(spec, compile=False)
+        else:
+            module, _, function = spec.partition(":")
+            try:
+                fn = getattr(importlib.import_module(module), function)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(
+                    f"model {spec!r}: cannot import {function!r} from "
+                    f"module {module!r} ({err}). Is the module on "
+                    "PYTHONPATH?") from None
+            model = fn()
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"model {spec!r} gave a "
+                             f"{type(model).__name__}, not a keras.Model.")
+        want = tuple(self.data.input_shape)
+        have = tuple(model.input_shape[1:])
+        if have != want:
+            raise ValueError(
+                f"model {spec!r} takes inputs of shape {have}; the data "
+                f"({self.data.name}) has {want}. Build the model for this "
+                "data.")
+        classes = model.output_shape[-1]
+        if classes != self.data.num_classes:
+            raise ValueError(
+                f"model {spec!r} has {classes} outputs; the data has "
+                f"{self.data.num_classes} classes.")
+        return model
+
+    @property
+    def default_widths(self):
+        """`{layer_name: width}` of the full model's prunable layers: a
+        builder's widths, or else the layers `add_gates` gates."""
+        if self._widths is None:
+            from keras_autopruner import models
+
+            if self.builder is not None:
+                widths = models.default_widths(self.builder)
+                widths.update(self.config.widths or {})
+            else:
+                widths = {layer: units for layer, units in
+                          self.prunable_units(self.new_model()).items()}
+            self._widths = widths
+        return self._widths
+
+    @staticmethod
+    def prunable_units(model):
+        """`{layer_name: units}` of the layers `add_gates` gates in `model`."""
+        import keras_autopruner as kap
+        from keras_autopruner.gate import gates_of
+
+        gated = kap.add_gates(model, 1.0)
+        return {g.name.removesuffix("_gate"): int(g.units)
+                for g in gates_of(gated)}
 
     # -- files --
     def path(self, *parts):
@@ -68,10 +205,12 @@ class Study:
                 theirs = json.load(f)
             old = {k: v for k, v in theirs.items()
                    if k not in StudyConfig.EXTENSIBLE}
-            if json.loads(json.dumps(mine)) != old:
-                diff = sorted(k for k in set(mine) | set(old)
-                              if json.loads(json.dumps(mine.get(k)))
-                              != old.get(k))
+            # A field added since that study was written (absent there)
+            # matches its default, None.
+            diff = sorted(k for k in set(mine) | set(old)
+                          if json.loads(json.dumps(mine.get(k)))
+                          != old.get(k))
+            if diff:
                 raise ValueError(
                     f"{self.out} holds a study with other settings "
                     f"({', '.join(diff)} differ), so its runs cannot be "
@@ -112,11 +251,6 @@ class Study:
             self._data = load_study_data(self.config)
         return self._data
 
-    def build_kwargs(self):
-        """Input shape and class count for the model builders."""
-        d = self.data
-        return {"input_shape": d.input_shape, "num_classes": d.num_classes}
-
     def steps_per_epoch(self):
         """Optimizer steps in one epoch of the training data."""
         return self.data.steps_per_epoch(self.config.batch_size)
@@ -135,21 +269,35 @@ class Study:
         c = self.config
         t0 = time.time()
         log(f"output folder: {os.path.abspath(self.out)}")
-        for seed in c.seeds:
+        for seed, rate in self.units():
             self._stage("full", None, seed, RUNNERS["full"])
-            for rate in c.rates:
-                for method, runner in RUNNERS.items():
-                    # AutoPruner always runs: the baselines need its result.
-                    if method == "autopruner" or (
-                            method != "full" and method in c.methods):
-                        self._stage(method, rate, seed, runner)
+            for method, runner in RUNNERS.items():
+                # AutoPruner always runs: the baselines need its result.
+                if method == "autopruner" or (
+                        method != "full" and method in c.methods):
+                    self._stage(method, rate, seed, runner)
         log(f"training finished in {time.time() - t0:.0f} s "
             f"({len(self.ran)} runs trained, {len(self.skipped)} reused)")
+        if self.shard is not None:
+            i, n = self.shard
+            log(f"shard {i}/{n} done; once every shard is, write the "
+                f"report with: python -m keras_autopruner.study --merge "
+                f"--out={self.out}")
+            return None
         if self.export:
             self.export_compact()
         table = self.report()
         log(f"total {time.time() - t0:.0f} s")
         return table
+
+    def units(self):
+        """The (seed, rate) units of work this study (or shard) runs."""
+        every = [(seed, rate) for seed in self.config.seeds
+                 for rate in self.config.rates]
+        if self.shard is None:
+            return every
+        i, n = self.shard
+        return every[i::n]
 
     def _stage(self, method, rate, seed, runner):
         key = run_key(method, rate, seed)
@@ -237,28 +385,41 @@ class Study:
         return {
             "params": int(count_params(model)),
             "flops": int(count_flops(model).total),
-            "widths": {k: widths[k] for k in self.default_widths},
+            "widths": {k: widths.get(k, 0) for k in self.default_widths},
         }
 
-    def train_new(self, widths, epochs, seed, prefix, low_epochs=0):
-        """A fresh model at `widths`, trained `epochs`, the last
-        `low_epochs` of them at the fine-tuning learning rate."""
-        from keras_autopruner import models
-
-        model = models.with_widths(self.builder, widths)(**self.build_kwargs())
+    def train(self, model, epochs, seed, prefix, low_epochs=0):
+        """Compile and train `model` for `epochs`, the last `low_epochs` of
+        them at the fine-tuning learning rate; returns the history."""
         self.compile(model)
         log(f"{prefix}: training {epochs} epochs"
             + (f" ({low_epochs} at the fine-tuning rate)..." if low_epochs
                else "..."))
-        history = self.fit(model, epochs, seed, prefix,
-                           low_from=epochs - low_epochs if low_epochs
-                           else None)
-        return model, history
+        return self.fit(model, epochs, seed, prefix,
+                        low_from=epochs - low_epochs if low_epochs else None)
+
+    def sample_batches(self, count=4):
+        """A few training batches, for criteria that need data (Taylor)."""
+        args, _ = self.data.fit_args(0, self.config.batch_size)
+        if len(args) == 1:
+            return args[0].take(count)
+        x, y = args
+        n = count * self.config.batch_size
+        return x[:n], y[:n]
+
+    def save_model(self, model, key):
+        """Store `model` as `models/<key>.keras` in one step."""
+        # A shard killed mid-save must not leave a file a rerun takes as
+        # the finished model.
+        final = self.path("models", f"{key}.keras")
+        tmp = self.path("models", f"{key}.{os.getpid()}.tmp.keras")
+        model.save(tmp)
+        os.replace(tmp, final)
 
     def finish(self, model, key, history, **extra):
         """Evaluate and store `model`; its result dict with `extra` added."""
         loss, acc = self.evaluate(model)
-        model.save(self.path("models", f"{key}.keras"))
+        self.save_model(model, key)
         result = {"accuracy": acc, "loss": loss, "history": history}
         result.update(self.describe(model))
         result.update(extra)
@@ -341,25 +502,57 @@ class Study:
         return found
 
     def report(self):
-        """Measure latency, write the tables and plots; returns the table."""
-        from keras_autopruner.study.latency import measure_latencies
+        """Measure speed, write the tables and plots; returns the table.
+
+        Reads only the stored runs, so it also merges the runs of shards.
+        """
+        from keras_autopruner.study.latency import measure_speed
         from keras_autopruner.study.report import write_report
 
         runs = self.runs()
-        log(f"measuring CPU latency of {len(runs)} models side by side...")
-        latency = measure_latencies(
+        if not runs:
+            raise RuntimeError(
+                f"{self.path('runs')} holds no finished run of this study's "
+                "rates, seeds and methods; nothing to report.")
+        log(f"measuring CPU latency (batch 1) and throughput (batch 256) "
+            f"of {len(runs)} models side by side...")
+        speed = measure_speed(
             {r["key"]: self.model_file(r) for r in runs},
             self.data.input_shape, runs=self.config.latency_runs)
         for r in runs:
-            r["latency_ms"] = latency[r["key"]]
-        return write_report(runs, self.config, self.out, self.data.name)
+            r.update(speed[r["key"]])
+        # What the report was written from, speed included (for benches).
+        self.reported_runs = runs
+        return write_report(runs, self.config, self.out, self.data.name,
+                            model_name=self.model_spec)
+
+
+def check_shard(shard):
+    """`(i, n)` from `(i, n)`, `"i/n"` or None; refused unless 0 <= i < n."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        head, _, tail = shard.partition("/")
+        try:
+            shard = (int(head), int(tail))
+        except ValueError:
+            raise ValueError(
+                f"shard {shard!r} is not 'i/n' (e.g. 0/4; i from 0 to "
+                "n-1).") from None
+    i, n = (int(v) for v in shard)
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {i}/{n}: need n >= 1 and 0 <= i < n "
+                         "(SLURM: --shard=$SLURM_ARRAY_TASK_ID/N with "
+                         "--array=0-(N-1)).")
+    return i, n
 
 
 def write_json(path, value):
     """Write `value` as JSON to `path` in one step (write, then rename)."""
     # An interrupted study must never leave a half-written result that the
     # next run would take as finished.
-    tmp = path + ".tmp"
+    # The process id keeps two shards writing config.json apart.
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1, default=_jsonable)
     os.replace(tmp, path)
