@@ -25,6 +25,13 @@ from keras_autopruner.registry.record import (
     mixer_flow, nearest, register, registered, restore, unknown)
 from keras_autopruner.registry.builtin import is_input_layer
 
+try:  # HGQ2's quantised layers, where hgq2 is installed.
+    import hgq as _hgq  # noqa: F401
+except ImportError:
+    pass
+else:
+    from keras_autopruner.registry import hgq as _hgq_records  # noqa: F401
+
 __all__ = [
     "IN", "OUT", "LayerType", "Op", "activation_traits", "check_roles",
     "is_input_layer", "is_prunable", "lookup", "mixer_flow", "nearest",
