@@ -162,7 +162,10 @@ def test_example_prunes_quantises_and_converts_bit_exact(tmp_path):
     spec = importlib.util.spec_from_file_location("fc_dnn_hgq", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.run(out=str(tmp_path), widths=(16, 8), full_epochs=1,
+    # The float flow: it also covers to_hgq (the qat flow's steps are the
+    # tests above).
+    result = example.run(out=str(tmp_path), widths=(16, 8), flow="float",
+                         full_epochs=1,
                          prune_epochs=1, finetune_epochs=0, qat_epochs=1,
                          train_examples=1500, test_examples=300, verbose=0)
     full, pruned = result["full_hgq"], result["pruned_hgq"]
