@@ -35,7 +35,7 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e ".[test,baselines,deploy,jax]"
+	$(VPY) -m pip install -e ".[test,baselines,deploy,jax,fpga]"
 	test -z "$(TORCH)" || $(VPY) -m pip install "$(TORCH)"
 	touch $(STAMP)
 

@@ -41,6 +41,9 @@ setup(
         "baselines": ["tensorflow-model-optimization", "tf_keras"],
         "test": ["pytest", "hypothesis"],
         "deploy": ["onnx", "tf2onnx", "onnxruntime", "hls4ml"],
+        # Quantisation-aware training with learned bit-widths (HGQ2, pure
+        # Python, 125 kB) and its bit-exact hls4ml conversion.
+        "fpga": ["hgq2", "hls4ml"],
         # Other Keras backends (KERAS_BACKEND=jax or torch). JAX's CPU build
         # comes from PyPI; for PyTorch pick the build for your machine
         # (PyPI's default Linux wheel carries CUDA).

@@ -26,6 +26,21 @@ from keras_autopruner.registry.record import (
 from keras_autopruner.registry.builtin import is_input_layer
 from keras_autopruner.registry import ops  # noqa: F401 (registers)
 
+try:  # HGQ2's quantised layers, where hgq2 is installed.
+    import hgq as _hgq  # noqa: F401
+except ImportError:
+    pass
+else:
+    try:
+        from keras_autopruner.registry import hgq as _hgq_records  # noqa
+    except (ImportError, AttributeError) as _error:
+        # A release of hgq2 that moved its layers: the rest of the package
+        # still works, and HGQ2 layers are then refused as unknown.
+        import warnings
+        warnings.warn(f"keras_autopruner: HGQ2's layers are not described "
+                      f"({_error}); this package was written for hgq2 "
+                      "0.2.0.")
+
 __all__ = [
     "IN", "OUT", "LayerType", "Op", "activation_traits", "check_roles",
     "is_input_layer", "is_prunable", "lookup", "mixer_flow", "nearest",

@@ -287,11 +287,22 @@ class LayerType:
 
         A variable's own name, or, where that is not described (a weight
         made without `name=`, such as ConvNeXt's LayerScale), the attribute
-        of the layer that holds it (`self.gamma = self.add_weight(...)`).
+        of the layer that holds it (`self.gamma = self.add_weight(...)`),
+        or, for a variable of a sub-layer that several sub-layers share
+        (HGQ2's quantisers all hold a `b` and an `i`), `"attr/name"`: the
+        attribute holding the sub-layer, and the variable's own name.
         """
         spec = self.weights or {}
         attrs = {id(v): k for k, v in vars(layer).items()
                  if k in spec and hasattr(v, "shape")}
+        if any("/" in k for k in spec):
+            for k, sub in vars(layer).items():
+                if hasattr(sub, "shape") or not isinstance(
+                        getattr(sub, "weights", None), list):
+                    continue
+                for v in sub.weights:
+                    if f"{k}/{v.name}" in spec:
+                        attrs.setdefault(id(v), f"{k}/{v.name}")
         return [w.name if w.name in spec or id(w) not in attrs
                 else attrs[id(w)] for w in weights_of(layer)]
 
