@@ -230,7 +230,7 @@ def _trial(flat, candidates, include_output):
         if id(layer) not in by_point:
             return outputs
         if id(layer) not in trial_gates:
-            trial_gates[id(layer)] = AutoPrunerGate(
+            trial_gates[id(layer)] = _TrialGate(
                 name=f"{by_point[id(layer)][1].name}_gate")
         return trial_gates[id(layer)](outputs)
 
@@ -307,6 +307,18 @@ def _trial(flat, candidates, include_output):
         row_of[g.name].macs_share = 1.0 - cost.share(
             [np.zeros(h.units) if h.name in together else np.ones(h.units)
              for h in cost.gates])
+
+
+class _TrialGate(AutoPrunerGate):
+    """A gate with no weights: the plan needs only its place and width.
+
+    Building none keeps the plan cheap on wide layers and leaves Keras's
+    random state alone, so planning does not change the weights that
+    `add_gates` then draws for the real gates.
+    """
+
+    def build(self, input_shape):
+        self.units = int(input_shape[-1])
 
 
 def _blame(blame, groups):
