@@ -10,7 +10,10 @@ compiled models run `train_on_batch` on the same batch:
 - gated, done: after the exact choice (phase 2, a fixed 0/1 mask, half
   the channels kept);
 - ceiling: the network hand-built at the kept widths (half), what `strip`
-  gives: the step time pruning is for.
+  gives: the step time pruning is for;
+- floor: the network with, where the gates go, only a multiply by a fixed
+  per-channel vector (`--floor`): what any gate that multiplies the
+  channels costs at least, without fusion.
 
 They are timed in interleaved rounds, one step of each per round in a
 random order, so that load on the machine hits all of them alike; the rounds
@@ -71,6 +74,8 @@ def define_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_integer("warmup", 3, "untimed rounds first",
                          flag_values=fv)
+    flags.DEFINE_bool("floor", False, "also time the fixed-multiply floor",
+                      flag_values=fv)
     flags.DEFINE_string("gate_map", "auto", "add_gates' gate_map",
                         flag_values=fv)
     flags.DEFINE_list("phase_rates", ["0.5", "0.25", "0.12"],
@@ -90,6 +95,32 @@ def compiled(model, jit):
     model.compile(keras.optimizers.Adam(1e-3),
                   "sparse_categorical_crossentropy", jit_compile=jit)
     return model
+
+
+class ChannelScale(keras.layers.Layer):
+    """x * v for a fixed per-channel vector v: the floor of a gate."""
+
+    def build(self, input_shape):
+        self.v = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+                                 trainable=False)
+
+    def call(self, x):
+        return x * self.v
+
+
+def with_floor(model):
+    """`model` with a ChannelScale where add_gates puts its gates."""
+    from keras_autopruner import tracing
+
+    gated_names = {
+        g._inbound_nodes[0].input_tensors[0]._keras_history.operation.name
+        for g in gates_of(kap.add_gates(model, 0.5))}
+    flat, _ = tracing.rebuild(model)
+    out, _ = tracing.rebuild(
+        flat, make_layer=lambda layer, _: layer,
+        after=lambda layer, y: ChannelScale()(y)
+        if layer.name in gated_names else y)
+    return out
 
 
 def gate_share(net, gate_map):
@@ -134,6 +165,8 @@ def time_steps(net, jit, args):
         g.set_mask(np.arange(g.units) % 2 == 0)
     runs = {"plain": spec["build"](), "gated, pushing": pushing,
             "gated, done": done, "ceiling (kept widths)": spec["build"](half)}
+    if args.floor:
+        runs["floor (fixed multiply)"] = with_floor(spec["build"]())
     for model in runs.values():
         compiled(model, jit)
     for _ in range(args.warmup):
