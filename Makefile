@@ -25,7 +25,7 @@ TORCH ?= torch==2.13.0
 # PyTorch in subprocesses.
 JAX_TESTS := tests/test_gate.py tests/test_schedules.py tests/test_callbacks.py \
 	tests/test_surgery.py \
-	tests/test_resume.py
+	tests/test_resume.py tests/test_gate_maps.py tests/test_xla.py
 JAX_SKIP := mirrored_strategy
 
 venv: $(STAMP)

@@ -1,15 +1,35 @@
-"""Training-step time of the demo network with gates, against without.
+"""Training-step time with gates, against without; gate memory; the
+pruning phase's wall time.
 
-The demo's network (`vgg_small`, default widths, 28x28x1, batch 64 by
-default) is timed plain, gated while pushing (the gates compute their codes
-and the pruning term), and gated after the exact choice (phase done: the
-gates apply a fixed mask). Each model runs its compiled training step
-(`train_on_batch` on the same batch); the three are timed in interleaved
-rounds, one step of each per round in a random order, so that load on the
-machine hits all of them alike. Printed: median step time and the ratio to
-the plain model.
+Per network (`vgg_small` on 28x28x1, and VGG16 (`vgg16_cub`, 10 classes) on
+32x32x3), batch 64 by default, with and without XLA (`jit_compile`), four
+compiled models run `train_on_batch` on the same batch:
 
-    .venv/bin/python bench/gate_overhead.py [--batch_size=64] [--rounds=200]
+- plain: the network without gates;
+- gated, pushing: gates computing their codes and the pruning term;
+- gated, done: after the exact choice (phase 2, a fixed 0/1 mask, half
+  the channels kept);
+- ceiling: the network hand-built at the kept widths (half), what `strip`
+  gives: the step time pruning is for;
+- floor: the network with, where the gates go, only a multiply by a fixed
+  per-channel vector (`--floor`): what any gate that multiplies the
+  channels costs at least, without fusion.
+
+They are timed in interleaved rounds, one step of each per round in a
+random order, so that load on the machine hits all of them alike; the rounds
+come in `repeats` blocks and every ratio is printed as the median of the
+blocks' median ratios with their range, so that a loaded machine shows as
+spread. Gate parameters are printed as a share of the model's (VGG16 also
+at 224x224 with 200 classes, counted per gate without building it).
+
+The pruning phase: `vgg_small`, trained `pretrain_epochs` on the shipped
+Fashion-MNIST subset, is pruned with `AutoPrunerCallback` (global MAC
+budget, `stop_when_done`) at each rate of `phase_rates`; printed are the
+optimizer steps to done, the phase's wall time, and the wall time of as
+many plain training steps on the same data.
+
+    .venv/bin/python bench/gate_overhead.py [--nets=vgg_small,vgg16_32] \\
+        [--xla=off,on] [--rounds=100] [--vgg16_rounds=6] [--repeats=3]
 """
 
 import os
@@ -24,67 +44,247 @@ import numpy as np  # noqa: E402
 
 import keras_autopruner as kap  # noqa: E402
 from keras_autopruner import models  # noqa: E402
-from keras_autopruner.gate import gates_of  # noqa: E402
+from keras_autopruner.datasets import load_fashion_mnist  # noqa: E402
+from keras_autopruner.gate import AutoPrunerGate, gates_of  # noqa: E402
 
-
-def compiled(model):
-    model.compile(keras.optimizers.Adam(1e-3),
-                  "sparse_categorical_crossentropy")
-    return model
+NETS = {
+    "vgg_small": dict(
+        build=lambda widths=None: models.vgg_small(widths=widths),
+        shape=(28, 28, 1), defaults=models.VGG_SMALL_WIDTHS),
+    "vgg16_32": dict(
+        build=lambda widths=None: models.vgg16_cub(
+            num_classes=10, input_shape=(32, 32, 3), widths=widths),
+        shape=(32, 32, 3), defaults=models.VGG16_WIDTHS),
+}
 
 
 def define_flags(fv=flags.FLAGS):
     """Define the benchmark's flags in `fv`."""
     flags.DEFINE_integer("batch_size", 64, "batch size of the timed steps",
                          flag_values=fv)
-    flags.DEFINE_integer("rounds", 200, "timed rounds (one step per model)",
+    flags.DEFINE_list("nets", ["vgg_small", "vgg16_32"],
+                      f"networks to time, of {sorted(NETS)}", flag_values=fv)
+    flags.DEFINE_list("xla", ["off", "on"], "jit_compile settings to time",
+                      flag_values=fv)
+    flags.DEFINE_integer("rounds", 100, "timed rounds per block, vgg_small",
                          flag_values=fv)
-    flags.DEFINE_integer("warmup", 20, "untimed rounds first",
+    flags.DEFINE_integer("vgg16_rounds", 6, "timed rounds per block, VGG16",
                          flag_values=fv)
+    flags.DEFINE_integer("repeats", 3, "blocks of rounds (the spread)",
+                         flag_values=fv)
+    flags.DEFINE_integer("warmup", 3, "untimed rounds first",
+                         flag_values=fv)
+    flags.DEFINE_bool("floor", False, "also time the fixed-multiply floor",
+                      flag_values=fv)
+    flags.DEFINE_string("gate_map", "auto", "add_gates' gate_map",
+                        flag_values=fv)
+    flags.DEFINE_list("phase_rates", ["0.5", "0.25", "0.12"],
+                      "rates of the pruning-phase runs (none: skip)",
+                      flag_values=fv)
+    flags.DEFINE_integer("train_examples", 3000,
+                         "Fashion-MNIST images of the pruning-phase runs",
+                         flag_values=fv)
+    flags.DEFINE_integer("pretrain_epochs", 2,
+                         "epochs before gating, pruning-phase runs",
+                         flag_values=fv)
+    flags.DEFINE_integer("prune_epochs", 5, "most epochs of a pruning phase",
+                         flag_values=fv)
+
+
+def compiled(model, jit):
+    model.compile(keras.optimizers.Adam(1e-3),
+                  "sparse_categorical_crossentropy", jit_compile=jit)
+    return model
+
+
+class ChannelScale(keras.layers.Layer):
+    """x * v for a fixed per-channel vector v: the floor of a gate."""
+
+    def build(self, input_shape):
+        self.v = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+                                 trainable=False)
+
+    def call(self, x):
+        return x * self.v
+
+
+def with_floor(model):
+    """`model` with a ChannelScale where add_gates puts its gates."""
+    from keras_autopruner import tracing
+
+    gated_names = {
+        g._inbound_nodes[0].input_tensors[0]._keras_history.operation.name
+        for g in gates_of(kap.add_gates(model, 0.5))}
+    flat, _ = tracing.rebuild(model)
+    out, _ = tracing.rebuild(
+        flat, make_layer=lambda layer, _: layer,
+        after=lambda layer, y: ChannelScale()(y)
+        if layer.name in gated_names else y)
+    return out
+
+
+def gate_share(net, gate_map):
+    """Gate parameters / model parameters, for one gated model."""
+    gated = kap.add_gates(NETS[net]["build"](), 0.5, gate_map=gate_map)
+    gate = sum(g.count_params() for g in gates_of(gated))
+    return gate, gated.count_params() - gate
+
+
+def vgg16_224_share(gate_map, wide_units=1024):
+    """The same on VGG16 at 224x224, 200 classes, counted per gate."""
+    widths = models.VGG16_WIDTHS
+    params, cin = 0, 3
+    for name, w in widths.items():
+        if name.startswith("block"):
+            params += 9 * cin * w + w
+            cin = w
+    params += 7 * 7 * 512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 200 + 200
+    gate = 0
+    for w in widths.values():
+        kind = gate_map if gate_map != "auto" else (
+            "low_rank" if w > wide_units else "full")
+        g = AutoPrunerGate(map=kind)
+        g.build((None, w))
+        gate += g.count_params()
+    return gate, params
+
+
+def time_steps(net, jit, args):
+    spec = NETS[net]
+    keras.utils.set_random_seed(0)
+    rng = np.random.RandomState(0)
+    x = rng.rand(args.batch_size, *spec["shape"]).astype("float32")
+    y = rng.randint(0, 10, args.batch_size)
+    half = {k: max(1, v // 2) for k, v in spec["defaults"].items()}
+    pushing = kap.add_gates(spec["build"](), 0.5, gate_map=args.gate_map)
+    for g in gates_of(pushing):  # what the callback sets while pushing
+        g.phase.assign(1.0)
+        g.coef.assign(1.0)
+    done = kap.add_gates(spec["build"](), 0.5, gate_map=args.gate_map)
+    for g in gates_of(done):
+        g.set_mask(np.arange(g.units) % 2 == 0)
+    runs = {"plain": spec["build"](), "gated, pushing": pushing,
+            "gated, done": done, "ceiling (kept widths)": spec["build"](half)}
+    if args.floor:
+        runs["floor (fixed multiply)"] = with_floor(spec["build"]())
+    for model in runs.values():
+        compiled(model, jit)
+    for _ in range(args.warmup):
+        for model in runs.values():
+            model.train_on_batch(x, y)
+    rounds = args.rounds if net == "vgg_small" else args.vgg16_rounds
+    names = list(runs)
+    blocks = []
+    for _ in range(args.repeats):
+        times = {name: [] for name in runs}
+        for _ in range(rounds):
+            random.shuffle(names)
+            for name in names:
+                start = time.perf_counter()
+                runs[name].train_on_batch(x, y)
+                times[name].append(time.perf_counter() - start)
+        blocks.append({n: float(np.median(t)) for n, t in times.items()})
+    return runs, blocks, rounds
+
+
+def print_steps(net, jit, blocks, rounds, args, base=None):
+    print(f"\n{net}, batch {args.batch_size}, XLA {'on' if jit else 'off'}: "
+          f"{args.repeats} blocks of {rounds} interleaved rounds")
+    print("| model | step (ms), median of blocks | x plain, median "
+          "[range] |" + (" x plain without XLA |" if base else ""))
+    print("|---|---|---|" + ("---|" if base else ""))
+    for name in blocks[0]:
+        ms = np.median([b[name] for b in blocks]) * 1000
+        ratios = [b[name] / b["plain"] for b in blocks]
+        row = (f"| {name} | {ms:.2f} | {np.median(ratios):.3f} "
+               f"[{min(ratios):.3f}-{max(ratios):.3f}] |")
+        if base:
+            row += f" {ms / base:.3f} |"
+        print(row)
+    return np.median([b["plain"] for b in blocks]) * 1000
+
+
+class StepClock(keras.callbacks.Callback):
+    """Wall time from the first batch's end to the last's: every step but
+    the first (which traces the training function), callbacks included."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    @property
+    def wall(self):
+        return self.ends[-1] - self.ends[0]
+
+
+def pruning_phase(args):
+    (x, y), _ = load_fashion_mnist()
+    n = args.train_examples
+    x = (x[:n, ..., None] / 255.0).astype("float32")
+    y = y[:n]
+    keras.utils.set_random_seed(0)
+    base = compiled(models.vgg_small(), False)
+    base.fit(x, y, batch_size=32, epochs=args.pretrain_epochs, verbose=0)
+    print(f"\nPruning phase: vgg_small on {n} Fashion-MNIST images, batch "
+          f"32, after {args.pretrain_epochs} epochs of training; at most "
+          f"{args.prune_epochs} epochs, stop_when_done. Wall: steps 2 to "
+          "the last, callbacks included")
+    print("| rate | steps to done | reason | pruning wall (s) | same steps "
+          "plain (s) | ratio |")
+    print("|---|---|---|---|---|---|")
+    for rate in [float(r) for r in args.phase_rates]:
+        keras.utils.set_random_seed(0)
+        gated = compiled(kap.add_gates(base, rate, gate_map=args.gate_map),
+                         False)
+        cb, clock = kap.AutoPrunerCallback(stop_when_done=True), StepClock()
+        # The clock last: its batch end follows the pruning callback's.
+        gated.fit(x, y, batch_size=32, epochs=args.prune_epochs, verbose=0,
+                  callbacks=[cb, clock])
+        steps = len(clock.ends)
+        plain = compiled(keras.models.clone_model(base), False)
+        plain.set_weights(base.get_weights())
+        plain_clock = StepClock()
+        reps = -(-steps * 32 // n)
+        xs, ys = np.concatenate([x] * reps), np.concatenate([y] * reps)
+        plain.fit(xs[:steps * 32], ys[:steps * 32], batch_size=32, epochs=1,
+                  verbose=0, callbacks=[plain_clock])
+        reason = (cb.result or {}).get("reason", "not done")
+        print(f"| {rate} | {steps} | {reason} | {clock.wall:.1f} | "
+              f"{plain_clock.wall:.1f} | {clock.wall / plain_clock.wall:.3f} "
+              "|")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
-
-    keras.utils.set_random_seed(0)
-    rng = np.random.RandomState(0)
-    x = rng.rand(args.batch_size, 28, 28, 1).astype("float32")
-    y = rng.randint(0, 10, args.batch_size)
-
-    plain = compiled(models.vgg_small())
-    pushing = kap.add_gates(models.vgg_small(), 0.5)
-    for g in gates_of(pushing):  # what the callback sets while pushing
-        g.phase.assign(1.0)
-        g.coef.assign(1.0)
-    compiled(pushing)
-    done = kap.add_gates(models.vgg_small(), 0.5)
-    for g in gates_of(done):
-        g.set_mask(np.arange(g.units) % 2 == 0)
-        g.phase.assign(2.0)
-    compiled(done)
-    runs = {"plain": plain, "gated, pushing": pushing, "gated, done": done}
-    times = {name: [] for name in runs}
-    for _ in range(args.warmup):
-        for model in runs.values():
-            model.train_on_batch(x, y)
-    names = list(runs)
-    for _ in range(args.rounds):
-        random.shuffle(names)
-        for name in names:
-            start = time.perf_counter()
-            runs[name].train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
-    base = float(np.median(times["plain"]))
-    print(f"vgg_small 28x28x1, batch {args.batch_size}, median of "
-          f"{args.rounds} "
-          "interleaved rounds")
-    print("| model | step (ms) | x plain |")
-    print("|---|---|---|")
-    for name in runs:
-        t = float(np.median(times[name]))
-        print(f"| {name} | {1000 * t:.2f} | {t / base:.3f} |")
+    for net in args.nets:
+        if net not in NETS:
+            raise app.UsageError(f"--nets: {net!r} is not one of "
+                                 f"{sorted(NETS)}")
+    print("Gate parameters as a share of the model's")
+    print("| network | gate_map | gate params | model params | share |")
+    print("|---|---|---|---|---|")
+    for gate_map in ("full", args.gate_map):
+        for net in args.nets:
+            gate, params = gate_share(net, gate_map)
+            print(f"| {net} | {gate_map} | {gate:,} | {params:,} | "
+                  f"{gate / params:.1%} |")
+        gate, params = vgg16_224_share(gate_map)
+        print(f"| vgg16_cub 224x224, 200 classes | {gate_map} | {gate:,} | "
+              f"{params:,} | {gate / params:.1%} |")
+    for net in args.nets:
+        base = None
+        for setting in args.xla:
+            jit = setting == "on"
+            _, blocks, rounds = time_steps(net, jit, args)
+            plain = print_steps(net, jit, blocks, rounds, args, base)
+            base = base or plain
+    if args.phase_rates and args.phase_rates != ["none"]:
+        pruning_phase(args)
 
 
 if __name__ == "__main__":

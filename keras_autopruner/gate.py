@@ -10,6 +10,7 @@ from keras import ops
 from keras_autopruner import tracing
 
 POOLINGS = ("avg", "max")
+MAPS = ("full", "low_rank", "diagonal")
 
 
 @keras.saving.register_keras_serializable(package="keras_autopruner")
@@ -61,6 +62,16 @@ class AutoPrunerGate(keras.layers.Layer):
         kernel_scale: standard deviation of the initial kernel, times
             1/sqrt(fan_in).
         min_units: the fewest channels the objective lets this gate keep.
+        map: the map from the pooled activation to the logits. `"full"`
+            (default): the published fully connected (fan_in x C) kernel.
+            `"low_rank"`: `kernel` (fan_in x rank) then `kernel_out` (rank x
+            C), `rank * (fan_in + C)` weights instead of `fan_in * C`: for
+            wide layers (a 4096-unit Dense gets 16.8 M gate weights with the
+            full map, 0.5 M at rank 64). `"diagonal"`: one weight per
+            channel, `logit_c = w_c * pool(x)_c + b_c` (avg pooling only).
+            `add_gates(..., gate_map="auto")` picks `"low_rank"` for layers
+            wider than its `wide_units`.
+        rank: inner width of the `"low_rank"` map (ignored otherwise).
         speed: the logits are `speed * (pool(x) @ kernel + bias)`, with
             kernel and bias initialised `speed` times smaller (the same
             starting logits). Adam moves each weight by about one learning
@@ -75,6 +86,10 @@ class AutoPrunerGate(keras.layers.Layer):
     >>> y = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
     >>> y = AutoPrunerGate(target_rate=0.5)(y)
     >>> model = keras.Model(x, y)
+    >>> wide = AutoPrunerGate(map="low_rank", rank=8)
+    >>> _ = wide(keras.ops.ones((2, 256)))
+    >>> wide.count_params() < 256 * 256 // 10
+    True
     """
 
     def __init__(
@@ -88,6 +103,8 @@ class AutoPrunerGate(keras.layers.Layer):
         kernel_scale=0.1,
         min_units=1,
         speed=10.0,
+        map="full",
+        rank=64,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -111,6 +128,19 @@ class AutoPrunerGate(keras.layers.Layer):
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}.")
         self.speed = float(speed)
+        if map not in MAPS:
+            raise ValueError(f"map must be one of {MAPS}, got {map!r}.")
+        if map == "diagonal" and pooling != "avg":
+            raise ValueError(
+                "map='diagonal' gives each channel one weight on its own "
+                "pooled value and needs pooling='avg'; got "
+                f"pooling={pooling!r}. Use map='low_rank' with max pooling.")
+        if (isinstance(rank, bool) or not isinstance(rank, numbers.Integral)
+                or rank < 1):
+            raise ValueError(
+                f"rank must be a whole number >= 1, got {rank!r}.")
+        self.map = map
+        self.rank = int(rank)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -134,15 +164,27 @@ class AutoPrunerGate(keras.layers.Layer):
             )
         # float32 and never autocast (see the class docstring): then
         # sigmoid(alpha * logit) saturates at the same place on every policy.
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(fan_in, self.units),
-            initializer=keras.initializers.RandomNormal(
-                stddev=self.kernel_scale / math.sqrt(fan_in) / self.speed
-            ),
-            dtype="float32",
-            autocast=False,
-        )
+        def weight(name, shape, stddev):
+            return self.add_weight(
+                name=name, shape=shape,
+                initializer=keras.initializers.RandomNormal(stddev=stddev),
+                dtype="float32", autocast=False)
+
+        scale = self.kernel_scale / self.speed
+        if self.map == "full":
+            self.kernel = weight("kernel", (fan_in, self.units),
+                                 scale / math.sqrt(fan_in))
+        elif self.map == "diagonal":
+            self.kernel = weight("kernel", (self.units,), scale)
+        else:
+            # A rank wider than the layer would cost more than the full map.
+            rank = min(self.rank, fan_in, self.units)
+            # The first factor keeps the pooled values' scale; the second
+            # gives the logits the spread of the full map's.
+            self.kernel = weight("kernel", (fan_in, rank),
+                                 1.0 / math.sqrt(fan_in))
+            self.kernel_out = weight("kernel_out", (rank, self.units),
+                                     scale / math.sqrt(rank))
         self.bias = self.add_weight(
             name="bias",
             shape=(self.units,),
@@ -203,8 +245,15 @@ class AutoPrunerGate(keras.layers.Layer):
         # through it: otherwise the pruning term would reshape features to
         # move codes instead of choosing channels.
         x = ops.stop_gradient(ops.cast(x, "float32"))
-        logits = ops.matmul(self._pool(x), self.kernel) + self.bias
-        return self.speed * logits[0]
+        pooled = self._pool(x)
+        if self.map == "diagonal":
+            logits = pooled[0] * self.kernel + self.bias
+        else:
+            logits = ops.matmul(pooled, self.kernel)
+            if self.map == "low_rank":
+                logits = ops.matmul(logits, self.kernel_out)
+            logits = logits[0] + self.bias
+        return self.speed * logits
 
     def compute_code(self, x):
         """The soft code for a batch `x`, shape (channels,)."""
@@ -224,24 +273,38 @@ class AutoPrunerGate(keras.layers.Layer):
         # on with the hard mask, so fine-tuning the gated model is
         # fine-tuning the network strip builds.
         done = ops.convert_to_tensor(self.phase) > 1.5
-        if training:
-            logits = self.compute_logits(inputs)
-            soft = ops.sigmoid(ops.convert_to_tensor(self.alpha) * logits)
-            code = ops.where(done, self._hard_mask(moving_code), soft)
-            m = self.momentum
-            moving_logit = ops.convert_to_tensor(self.moving_logit)
-            self.code.assign(code)
-            self.moving_code.assign(ops.where(
-                done, moving_code, m * moving_code + (1 - m) * soft))
-            self.moving_logit.assign(ops.where(
-                done, moving_logit, m * moving_logit + (1 - m) * logits))
-            self.add_loss(ops.convert_to_tensor(self.coef) * ops.square(
-                ops.mean(code) - ops.convert_to_tensor(self.center)))
-        else:
+        if not training:
             hard = ops.convert_to_tensor(self.hard) > 0.5
             code = ops.where(ops.logical_or(hard, done),
                              self._hard_mask(moving_code), moving_code)
-        return inputs * ops.cast(code, inputs.dtype)
+            return inputs * ops.cast(code, inputs.dtype)
+        moving_logit = ops.convert_to_tensor(self.moving_logit)
+        m = self.momentum
+
+        def fixed():
+            # Done: a fixed 0/1 multiply. No logits, no moving averages,
+            # and (the product being inside the branch) no gradient
+            # reduction over the activation for a code that cannot move.
+            mask = self._hard_mask(moving_code)
+            return (inputs * ops.cast(mask, inputs.dtype), mask,
+                    moving_code, moving_logit)
+
+        def learning():
+            logits = self.compute_logits(inputs)
+            soft = ops.sigmoid(ops.convert_to_tensor(self.alpha) * logits)
+            return (inputs * ops.cast(soft, inputs.dtype), soft,
+                    m * moving_code + (1 - m) * soft,
+                    m * moving_logit + (1 - m) * logits)
+
+        # A conditional, not a `where` of both: the branch not taken is not
+        # computed (tf.cond / lax.cond; a Python `if` on PyTorch).
+        outputs, code, new_code, new_logit = ops.cond(done, fixed, learning)
+        self.code.assign(code)
+        self.moving_code.assign(new_code)
+        self.moving_logit.assign(new_logit)
+        self.add_loss(ops.convert_to_tensor(self.coef) * ops.square(
+            ops.mean(code) - ops.convert_to_tensor(self.center)))
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -295,6 +358,8 @@ class AutoPrunerGate(keras.layers.Layer):
             kernel_scale=self.kernel_scale,
             min_units=self.min_units,
             speed=self.speed,
+            map=self.map,
+            rank=self.rank,
         )
         return config
 

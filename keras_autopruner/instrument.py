@@ -1,8 +1,10 @@
 """add_gates: put an AutoPrunerGate behind every prunable layer of a model."""
 
 
+import numbers
+
 from keras_autopruner import registry, tracing
-from keras_autopruner.gate import AutoPrunerGate, gates_of
+from keras_autopruner.gate import MAPS, AutoPrunerGate, gates_of
 from keras_autopruner.planner import make_plan, plan  # noqa: F401
 
 # Kept here for callers that imported them from this module.
@@ -21,6 +23,8 @@ def add_gates(
     include_output=False,
     pooling="avg",
     min_units=1,
+    gate_map="auto",
+    wide_units=1024,
     name=None,
     **gate_kwargs,
 ):
@@ -67,6 +71,14 @@ def add_gates(
         min_units: the fewest channels any gate may keep (layer-collapse
             floor used by the objective and by `strip`); at least 1, and
             not more than any gated layer's width.
+        gate_map: the gates' map from pooled activation to logits (see
+            `AutoPrunerGate`): `"auto"` (default) is the published `"full"`
+            C x C map up to `wide_units` channels and `"low_rank"` above
+            (on VGG16 the two 4096-unit Dense gates then hold 1 M weights,
+            not 33.6 M); or `"full"`, `"low_rank"`, `"diagonal"` for every
+            gate. The rank is the gates' `rank` argument (default 64).
+        wide_units: with `gate_map="auto"`, layers wider than this get the
+            low-rank map.
         name: name of the new model (default: original name + "_gated").
         **gate_kwargs: other `AutoPrunerGate` arguments (alpha, momentum, ...).
 
@@ -93,6 +105,17 @@ def add_gates(
     ['conv_gate']
     """
     tracing.check_traceable(model, "add_gates")
+    if gate_map != "auto" and gate_map not in MAPS:
+        raise ValueError(
+            f"gate_map must be 'auto' or one of {MAPS}, got {gate_map!r}.")
+    if "map" in gate_kwargs:
+        raise ValueError("add_gates: pass the gates' map as gate_map=..., "
+                         "not map=....")
+    if (isinstance(wide_units, bool)
+            or not isinstance(wide_units, numbers.Integral)
+            or wide_units < 1):
+        raise ValueError(
+            f"wide_units must be a whole number >= 1, got {wide_units!r}.")
     present = gates_of(model)
     if present:
         raise ValueError(
@@ -122,9 +145,15 @@ def add_gates(
             return outputs
         if id(layer) not in gates:  # one gate for every call of a layer
             pruned, rate = selected[id(layer)]
+            units = getattr(outputs, "shape", (None,))[-1]
+            kind = gate_map
+            if kind == "auto":
+                kind = ("low_rank" if units is not None
+                        and units > wide_units else "full")
             gates[id(layer)] = AutoPrunerGate(
                 target_rate=rate,
                 pooling=pooling,
+                map=kind,
                 min_units=int(min_units),
                 name=f"{pruned.name}_gate",
                 **gate_kwargs,
