@@ -17,19 +17,19 @@ compiled models run `train_on_batch` on the same batch:
 
 They are timed in interleaved rounds, one step of each per round in a
 random order, so that load on the machine hits all of them alike; the rounds
-come in `repeats` blocks and every ratio is printed as the median of the
+come in `blocks` blocks and every ratio is printed as the median of the
 blocks' median ratios with their range, so that a loaded machine shows as
 spread. Gate parameters are printed as a share of the model's (VGG16 also
 at 224x224 with 200 classes, counted per gate without building it).
 
-The pruning phase: `vgg_small`, trained `pretrain_epochs` on the shipped
+The pruning phase: `vgg_small`, trained `full_epochs` on the shipped
 Fashion-MNIST subset, is pruned with `AutoPrunerCallback` (global MAC
 budget, `stop_when_done`) at each rate of `phase_rates`; printed are the
 optimizer steps to done, the phase's wall time, and the wall time of as
 many plain training steps on the same data.
 
     .venv/bin/python bench/gate_overhead.py [--nets=vgg_small,vgg16_32] \\
-        [--xla=off,on] [--rounds=100] [--vgg16_rounds=6] [--repeats=3]
+        [--xla=off,on] [--rounds=100] [--vgg16_rounds=6] [--blocks=3]
 """
 
 import os
@@ -70,7 +70,7 @@ def define_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_integer("vgg16_rounds", 6, "timed rounds per block, VGG16",
                          flag_values=fv)
-    flags.DEFINE_integer("repeats", 3, "blocks of rounds (the spread)",
+    flags.DEFINE_integer("blocks", 3, "blocks of rounds (the spread)",
                          flag_values=fv)
     flags.DEFINE_integer("warmup", 3, "untimed rounds first",
                          flag_values=fv)
@@ -84,7 +84,7 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("train_examples", 3000,
                          "Fashion-MNIST images of the pruning-phase runs",
                          flag_values=fv)
-    flags.DEFINE_integer("pretrain_epochs", 2,
+    flags.DEFINE_integer("full_epochs", 2,
                          "epochs before gating, pruning-phase runs",
                          flag_values=fv)
     flags.DEFINE_integer("prune_epochs", 5, "most epochs of a pruning phase",
@@ -175,7 +175,7 @@ def time_steps(net, jit, args):
     rounds = args.rounds if net == "vgg_small" else args.vgg16_rounds
     names = list(runs)
     blocks = []
-    for _ in range(args.repeats):
+    for _ in range(args.blocks):
         times = {name: [] for name in runs}
         for _ in range(rounds):
             random.shuffle(names)
@@ -189,7 +189,7 @@ def time_steps(net, jit, args):
 
 def print_steps(net, jit, blocks, rounds, args, base=None):
     print(f"\n{net}, batch {args.batch_size}, XLA {'on' if jit else 'off'}: "
-          f"{args.repeats} blocks of {rounds} interleaved rounds")
+          f"{args.blocks} blocks of {rounds} interleaved rounds")
     print("| model | step (ms), median of blocks | x plain, median "
           "[range] |" + (" x plain without XLA |" if base else ""))
     print("|---|---|---|" + ("---|" if base else ""))
@@ -227,9 +227,9 @@ def pruning_phase(args):
     y = y[:n]
     keras.utils.set_random_seed(0)
     base = compiled(models.vgg_small(), False)
-    base.fit(x, y, batch_size=32, epochs=args.pretrain_epochs, verbose=0)
+    base.fit(x, y, batch_size=32, epochs=args.full_epochs, verbose=0)
     print(f"\nPruning phase: vgg_small on {n} Fashion-MNIST images, batch "
-          f"32, after {args.pretrain_epochs} epochs of training; at most "
+          f"32, after {args.full_epochs} epochs of training; at most "
           f"{args.prune_epochs} epochs, stop_when_done. Wall: steps 2 to "
           "the last, callbacks included")
     print("| rate | steps to done | reason | pruning wall (s) | same steps "

@@ -215,14 +215,13 @@ def without_batch_norm(model, layers):
     """The names in `layers` whose output feeds no BatchNormalization."""
     import keras
 
-    fed = set()
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            for node in getattr(layer, "_inbound_nodes", []):
-                for tensor in node.input_tensors:
-                    history = getattr(tensor, "_keras_history", None)
-                    if history is not None:
-                        fed.add(history[0].name)
+    from keras_autopruner import tracing
+
+    trace = tracing.trace(model)
+    fed = {trace.producer[id(t)].operation.name
+           for call in trace.nodes
+           if isinstance(call.operation, keras.layers.BatchNormalization)
+           for t in call.input_tensors if id(t) in trace.producer}
     return [name for name in layers if name not in fed]
 
 
