@@ -33,8 +33,8 @@ from absl import app, flags  # noqa: E402
 
 from keras_autopruner import study as study_lib  # noqa: E402
 
-BENCH_METHODS = ("full", "autopruner", "full_equal") + study_lib.CRITERIA + (
-    "scratch", "uniform")
+BENCH_METHODS = ("full", "autopruner", "full_equal", "autopruner_stop") + (
+    study_lib.CRITERIA + ("scratch", "uniform"))
 # Issue 17's goal: AutoPruner this close to full_equal (points), by rate.
 FULL_EQUAL_GOALS = {0.25: 0.5, 0.12: 1.0}
 
@@ -56,8 +56,11 @@ def define_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_integer("full_epochs", None, "epochs of the full model",
                          flag_values=fv)
-    flags.DEFINE_integer("prune_epochs", None, "most epochs of pruning",
-                         flag_values=fv)
+    flags.DEFINE_integer("prune_epochs", None,
+                         "epochs of the pruning phase", flag_values=fv)
+    flags.DEFINE_float("prune_share", None,
+                       "most share of the pruning phase spent pushing",
+                       flag_values=fv)
     flags.DEFINE_integer("finetune_epochs", None, "epochs of fine-tuning",
                          flag_values=fv)
 
@@ -76,7 +79,8 @@ def main(argv):
         rates=None if args.rates is None else [float(r) for r in args.rates],
         seeds=None if args.seeds is None else [int(s) for s in args.seeds],
         train_examples=args.train_examples, full_epochs=args.full_epochs,
-        prune_epochs=args.prune_epochs, finetune_epochs=args.finetune_epochs)
+        prune_epochs=args.prune_epochs, prune_share=args.prune_share,
+        finetune_epochs=args.finetune_epochs)
     study = study_lib.Study(config, out, verbose=1, export=False)
     study.run()
     # The report's runs carry the measured latency and throughput.
@@ -86,9 +90,10 @@ def main(argv):
                and m not in ("full", "autopruner")]
 
     print("\nAutoPruner, every run:")
-    print("| rate | seed | steps | converged | kept per layer | MAC share | "
-          "full | after strip | fine-tuned | epochs AP (after full) |")
-    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---|")
+    print("| rate | seed | steps pushed | converged | steps after choice | "
+          "kept per layer | MAC share | full | after strip | fine-tuned | "
+          "epochs AP (after full) |")
+    print("|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|")
     for rate in config.rates:
         for seed in config.seeds:
             ap = by[("autopruner", rate, seed)]
@@ -96,7 +101,8 @@ def main(argv):
             kept = " ".join(f"{ap['widths'][k]}/{ap['full_widths'][k]}"
                             for k in ap["full_widths"])
             print(f"| {rate:g} | {seed} | {ap['prune_steps']} | "
-                  f"{'yes' if ap['converged'] else 'NO'} | {kept} | "
+                  f"{'yes' if ap['converged'] else 'NO'} | "
+                  f"{ap.get('steps_after_choice', 0)} | {kept} | "
                   f"{ap['mac_share']:.4f} | {full['accuracy']:.4f} | "
                   f"{ap['accuracy_stripped']:.4f} | {ap['accuracy']:.4f} | "
                   f"{ap['epochs']} ({ap['own_epochs']}) |")

@@ -22,10 +22,12 @@ The public API lives here; the modules behind it are:
                  random) and the Importance base class
 - pruning.py     prune: one-shot pruning by a criterion to an exact budget
 - masks.py       strip(model, keep=...) without gates, cost_share
+- calibration.py recalibrate_batch_norm: statistics of the chosen network
 - datasets.py    the embedded real data and loaders for user data and tfds
 """
 
 from keras_autopruner.budget import CostModel
+from keras_autopruner.calibration import recalibrate_batch_norm
 from keras_autopruner.callbacks import AutoPrunerCallback
 from keras_autopruner.checks import NonFiniteError
 from keras_autopruner.deploy import export

@@ -55,10 +55,10 @@ def test_tables_parse_and_agree(tiny_study):
     out, _, _, _, table = tiny_study
     runs = pd.read_csv(os.path.join(out, "runs.csv"))
     assert sorted(runs["method"]) == sorted([
-        "autopruner", "full", "full_equal", "l1", "random", "scratch",
-        "uniform"])
+        "autopruner", "autopruner_stop", "full", "full_equal", "l1",
+        "random", "scratch", "uniform"])
     results = pd.read_csv(os.path.join(out, "results.csv"))
-    assert len(results) == 7 and list(results["method"]) == list(
+    assert len(results) == 8 and list(results["method"]) == list(
         table["method"])
     assert (results["seeds"] == 1).all()
     assert (results["latency_ms"] > 0).all()
@@ -74,7 +74,8 @@ def test_tables_parse_and_agree(tiny_study):
         load(out, "autopruner_r0.5_s0")["accuracy_stripped"])
     paired = pd.read_csv(os.path.join(out, "paired.csv"))
     assert sorted(paired["method"]) == sorted([
-        "full", "full_equal", "l1", "random", "scratch", "uniform"])
+        "autopruner_stop", "full", "full_equal", "l1", "random", "scratch",
+        "uniform"])
     assert (paired["verdict"] == "one seed").all()
     for _, row in runs.iterrows():
         assert 0.0 <= row["accuracy"] <= 1.0
@@ -98,9 +99,22 @@ def test_autopruner_model_is_smaller_and_matches_its_record(tiny_study):
     assert count_params(compact) == ap["params"]
     assert {k: v for k, v in models.widths_of(compact).items()
             if k in config.widths} == ap["widths"]
-    assert ap["epochs"] == (config.full_epochs + ap["prune_epochs"]
+    # The whole pruning phase runs: pushing for at most prune_share of its
+    # steps, the exact choice, then the chosen network trained on at the
+    # training rate.
+    assert ap["prune_epochs"] == config.prune_epochs
+    assert ap["epochs"] == (config.full_epochs + config.prune_epochs
                             + config.finetune_epochs)
-    assert 1 <= ap["prune_epochs"] <= config.prune_epochs
+    phase = config.prune_epochs * 16  # 512 examples, batch 32
+    assert ap["prune_steps"] <= round(config.prune_share * phase)
+    assert ap["steps_after_choice"] >= phase - round(
+        config.prune_share * phase) - 1
+    # The procedure before (kept as autopruner_stop): fitting stops at the
+    # end of the choice's epoch, so its phase is no longer than that.
+    stop = load(out, "autopruner_stop_r0.5_s0")
+    epoch = -(-(stop["prune_steps"] + 1) // 16)
+    assert stop["prune_epochs"] == min(epoch, config.prune_epochs)
+    assert stop["own_epochs"] == stop["prune_epochs"] + config.finetune_epochs
 
 
 def test_baselines_follow_autopruner(tiny_study):
@@ -203,7 +217,8 @@ def test_resume_skips_finished_runs(tiny_study, tmp_path):
     out, config, first, second, _ = tiny_study
     assert first.ran == ["full_s0", "autopruner_r0.5_s0"]
     assert second.skipped == ["full_s0", "autopruner_r0.5_s0"]
-    assert second.ran == ["full_equal_r0.5_s0", "l1_r0.5_s0",
+    assert second.ran == ["full_equal_r0.5_s0", "autopruner_stop_r0.5_s0",
+                          "l1_r0.5_s0",
                           "random_r0.5_s0", "scratch_r0.5_s0",
                           "uniform_r0.5_s0"]
     before = load(out, "scratch_r0.5_s0")
@@ -225,6 +240,9 @@ def test_make_config_validates():
         study.make_config("huge")
     with pytest.raises(ValueError, match="Unknown methods"):
         study.make_config("tiny", methods=("full", "pruning"))
+    for share in (0, 1.5, "0.2", True):
+        with pytest.raises(ValueError, match="prune_share"):
+            study.make_config("tiny", prune_share=share)
     with pytest.raises(ValueError, match="none of: a builder name"):
         study.make_config("tiny", model="resnet_huge")
     with pytest.raises(ValueError, match="does not exist"):

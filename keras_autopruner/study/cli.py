@@ -74,8 +74,13 @@ def define_flags(fv=flags.FLAGS):
                       flag_values=fv)
     flags.DEFINE_integer("full_epochs", None, "epochs of the full model",
                          flag_values=fv)
-    flags.DEFINE_integer("prune_epochs", None, "most epochs of pruning",
+    flags.DEFINE_integer("prune_epochs", None,
+                         "epochs of AutoPruner's pruning phase (pushing, "
+                         "choice, the chosen network trained on)",
                          flag_values=fv)
+    flags.DEFINE_float("prune_share", None,
+                       "most share of the pruning phase's steps spent "
+                       "pushing before the exact choice", flag_values=fv)
     flags.DEFINE_integer("finetune_epochs", None,
                          "epochs of fine-tuning after strip", flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "training batch size",

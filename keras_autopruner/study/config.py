@@ -5,8 +5,8 @@ import dataclasses
 # The methods in the order a study runs them: "full" first, then
 # "autopruner", whose results the baselines after it depend on.
 CRITERIA = ("l1", "l2", "bn", "taylor", "random")
-METHODS = ("full", "autopruner", "full_equal") + CRITERIA + (
-    "scratch", "uniform", "magnitude")
+METHODS = ("full", "autopruner", "full_equal", "autopruner_stop") + (
+    CRITERIA + ("scratch", "uniform", "magnitude"))
 IMAGE_MODELS = ("vgg_small", "vgg16_cub")
 # The builder a study uses when --model is not given: by the data's kind.
 DEFAULT_IMAGE_MODEL = "vgg_small"
@@ -15,6 +15,7 @@ METHOD_LABELS = {
     "full": "full model",
     "autopruner": "AutoPruner (pruned + fine-tuned)",
     "full_equal": "full model, AutoPruner's total epochs",
+    "autopruner_stop": "AutoPruner stopped at its choice (before issue 17)",
     "l1": "L1 filter norm cut + fine-tuned",
     "l2": "L2 filter norm cut + fine-tuned",
     "bn": "BN scale (gamma) cut + fine-tuned",
@@ -56,7 +57,12 @@ class StudyConfig:
         methods: which of `METHODS` to run; `"full"` and `"autopruner"` are
             always run because the others depend on them.
         full_epochs: epochs for the full model.
-        prune_epochs: most epochs of AutoPruner's pruning phase.
+        prune_epochs: epochs of AutoPruner's pruning phase at the training
+            rate: pushing, the exact choice, then the chosen network
+            trained on (the criteria's cuts get the same epochs).
+        prune_share: the most of the pruning phase's steps the callback
+            may push for (`prune_steps`); the choice is made by then, so
+            at least the rest trains the chosen network.
         finetune_epochs: epochs of fine-tuning after `strip`.
         batch_size: training batch size.
         learning_rate: Adam's learning rate for training and pruning.
@@ -88,6 +94,7 @@ class StudyConfig:
         "scratch", "uniform")
     full_epochs: int = 15
     prune_epochs: int = 8
+    prune_share: float = 0.2
     finetune_epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -130,8 +137,9 @@ PRESETS = {
     "tiny": dict(rates=(0.5,), seeds=(0,), train_examples=512,
                  test_examples=256, batch_size=32, full_epochs=1,
                  prune_epochs=4, finetune_epochs=1, latency_runs=5,
-                 methods=("full", "autopruner", "full_equal", "l1",
-                          "random", "scratch", "uniform"),
+                 methods=("full", "autopruner", "full_equal",
+                          "autopruner_stop", "l1", "random", "scratch",
+                          "uniform"),
                  widths={"block1_conv1": 4, "block1_conv2": 4,
                          "block2_conv1": 8, "block2_conv2": 8, "fc1": 16}),
 }
@@ -166,6 +174,12 @@ def make_config(preset=None, **overrides):
 
     for rate in config.rates:
         check_rate(rate, "each of rates")
+    share = config.prune_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or (
+            not 0.0 < share <= 1.0):
+        raise ValueError(
+            f"prune_share is the most share of the pruning phase's steps "
+            f"spent pushing, a number in (0, 1] (e.g. 0.2); got {share!r}.")
     return config
 
 

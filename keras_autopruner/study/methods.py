@@ -136,8 +136,23 @@ def _criterion_runner(name):
     return run
 
 
-def run_autopruner(study, rate, seed, prefix):
-    """Gate the full model of `seed`, prune to `rate`, strip, fine-tune."""
+def run_autopruner(study, rate, seed, prefix, train_on=True):
+    """Gate the full model of `seed`, prune to `rate`, train the chosen
+    network on, strip, fine-tune.
+
+    The pruning phase is `prune_epochs` long at the training rate. The
+    callback pushes for at most `prune_share` of its steps and makes the
+    exact choice when the codes are binary (or the step budget is spent);
+    the rest of the phase trains the chosen network at the training rate
+    (the gates hold the 0/1 masks), then `strip`, then `finetune_epochs`
+    at the fine-tuning rate. So AutoPruner spends exactly the epochs, and
+    the learning-rate shape, a criterion's cut is fine-tuned with.
+
+    With `train_on=False` (the method `autopruner_stop`, the study's
+    procedure before this was measured, kept for comparison) fitting
+    stops at the end of the epoch in which the choice is made, and the
+    pruning phase is as long as that.
+    """
     import keras_autopruner as kap
     from keras_autopruner.metrics import count_flops
 
@@ -146,18 +161,21 @@ def run_autopruner(study, rate, seed, prefix):
     gated = kap.add_gates(full, target_rate=rate)
     study.compile(gated)
     steps = study.steps_per_epoch()
+    phase = c.prune_epochs * steps
+    prune_steps = (max(1, int(round(c.prune_share * phase))) if train_on
+                   else phase)
     callback = kap.AutoPrunerCallback(
         schedule=c.schedule,
         objective=kap.PruningObjective(c.objective, weighting=c.weighting),
-        prune_steps=c.prune_epochs * steps)
-    log(f"{prefix}: pruning (at most {c.prune_epochs} epochs, "
-        f"{c.prune_epochs * steps} steps)...")
-    # The epoch in which the choice is made counts whole, so its last
-    # steps train the chosen network at the training rate (the gates
-    # hold the exact masks) instead of being thrown away.
+        prune_steps=prune_steps)
+    log(f"{prefix}: pruning (at most {prune_steps} of the {phase} steps of "
+        f"{c.prune_epochs} epochs"
+        + (", the rest training the chosen network)..." if train_on
+           else "; stopping at the end of the choice's epoch)..."))
+    extra = [] if train_on else [_stop_at_epoch_end(callback)]
     prune_history = study.fit(
         gated, c.prune_epochs, seed, prefix, lines=True,
-        callbacks=[callback, _stop_at_epoch_end(callback)])
+        callbacks=[callback] + extra)
     prune_epochs = len(next(iter(prune_history.values()), []))
     done = callback.result
     kept = kap.kept_fraction(gated)
@@ -175,19 +193,22 @@ def run_autopruner(study, rate, seed, prefix):
     # For the report's "after the cut" column, like the criteria's.
     cut_acc = stripped_acc
     mac_share = count_flops(compact).total / count_flops(full).total
-    log(f"{prefix}: {done['reason']} after {done['steps']} steps; "
-        f"stripped to {mac_share:.3f} of the MACs (kept "
-        f"{kept['overall']:.2f} of filters), accuracy before "
-        f"fine-tuning {stripped_acc:.4f}; fine-tuning "
-        f"{c.finetune_epochs} epochs...")
+    trained_on = max(0, prune_epochs * steps - int(done["steps"]) - 1)
+    log(f"{prefix}: {done['reason']} after {done['steps']} steps, then "
+        f"{trained_on} steps on the chosen network; stripped to "
+        f"{mac_share:.3f} of the MACs (kept {kept['overall']:.2f} of "
+        f"filters), accuracy before fine-tuning {stripped_acc:.4f}; "
+        f"fine-tuning {c.finetune_epochs} epochs...")
     ft_history = study.fit(compact, c.finetune_epochs, seed, prefix,
                            low_from=0)
-    key = run_key("autopruner", rate, seed)
+    key = run_key("autopruner" if train_on else "autopruner_stop", rate,
+                  seed)
     return study.finish(
         compact, key, {"prune": prune_history, "finetune": ft_history},
         epochs=c.full_epochs + prune_epochs + c.finetune_epochs,
         own_epochs=prune_epochs + c.finetune_epochs,
         prune_epochs=prune_epochs, prune_steps=int(done["steps"]),
+        steps_after_choice=trained_on,
         converged=done["reason"] == "done",
         kept_overall=kept["overall"], mac_share=mac_share,
         at_min_units=done["at_min_units"],
@@ -196,6 +217,13 @@ def run_autopruner(study, rate, seed, prefix):
                      for k in study.default_widths},
         accuracy_gated_hard=hard_acc, accuracy_stripped=stripped_acc,
         accuracy_cut=cut_acc, notes=notes)
+
+
+def run_autopruner_stop(study, rate, seed, prefix):
+    """AutoPruner as the study ran it before issue 17's ablation: fitting
+    stops at the end of the epoch of the choice, then strip and the
+    fine-tuning epochs; fewer epochs in all when the choice comes early."""
+    return run_autopruner(study, rate, seed, prefix, train_on=False)
 
 
 def _stop_at_epoch_end(pruner):
@@ -396,6 +424,7 @@ RUNNERS = {
     "full": run_full,
     "autopruner": run_autopruner,
     "full_equal": run_full_equal,
+    "autopruner_stop": run_autopruner_stop,
     **{name: _criterion_runner(name) for name in CRITERIA},
     "scratch": run_scratch,
     "uniform": run_uniform,

@@ -15,7 +15,7 @@ def plot_accuracy_vs_flops(table, path):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     markers = {"autopruner": "o", "full_equal": "P", "l1": "v", "l2": "<",
                "bn": ">", "taylor": "D", "random": "d", "scratch": "s",
-               "uniform": "^", "magnitude": "x"}
+               "uniform": "^", "magnitude": "x", "autopruner_stop": "*"}
     for method in METHODS:
         rows = table[table["method"] == method].sort_values("flops")
         if rows.empty:
@@ -29,7 +29,7 @@ def plot_accuracy_vs_flops(table, path):
                         label=METHOD_LABELS[method])
             continue
         ax.errorbar(rows["flops"] / 1e6, 100 * rows["accuracy"], yerr=err,
-                    marker=markers[method], capsize=3,
+                    marker=markers.get(method, "."), capsize=3,
                     label=METHOD_LABELS[method])
         if method == "autopruner":
             for _, r in rows.iterrows():

@@ -1,0 +1,181 @@
+"""Why does AutoPruner's learned choice lose to a one-shot cut? One lever at a time.
+
+Every variant starts from the same trained full model of a seed (the
+study's `full` run, stored in `--out`) and spends the same epochs after it
+with the same learning-rate shape: `prune_epochs` at the training rate,
+then `finetune_epochs` at the fine-tuning rate, like the criteria in the
+study. Only AutoPruner's procedure differs:
+
+- `stop`: the study's procedure before issue 17 item 3: prune until the
+  choice is made, stop at the end of that epoch, strip, fine-tune at the
+  low rate (fewer epochs in all when the choice comes early);
+- `stop_bn`: `stop`, with the batch-norm statistics re-estimated on the
+  chosen network right after the choice (`kap.recalibrate_batch_norm`);
+- `train_on`: the choice made as before, the rest of the `prune_epochs`
+  trains the chosen network at the training rate, then the low rate;
+- `fast`: `train_on` with the choice made after at most `--fast_epochs`
+  of pushing (soft codes or not), so the chosen network trains longer;
+- `fast_bn`: `fast` with the batch-norm re-estimate after the choice;
+- `l1`, `random`: one-shot cuts of the full model at the same budget,
+  `prune_epochs` at the training rate then the low rate (the references).
+
+Printed: per variant, accuracy after the cut / choice and final accuracy,
+per seed and their mean, and paired differences to `l1`.
+
+    .venv/bin/python bench/autopruner_ablation.py --train_examples=10000 \\
+        --seeds=0,1 --rates=0.25,0.12 --out=/tmp/ablation
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+VARIANTS = ("stop", "stop_bn", "train_on", "fast", "fast_bn", "l1", "random")
+
+
+def define_flags(fv=flags.FLAGS):
+    """Define the benchmark's flags in `fv`."""
+    flags.DEFINE_string("out", "/tmp/autopruner_ablation", "study folder",
+                        flag_values=fv)
+    flags.DEFINE_list("variants", list(VARIANTS), "variants to run",
+                      flag_values=fv)
+    flags.DEFINE_list("rates", ["0.25", "0.12"], "kept MAC shares",
+                      flag_values=fv)
+    flags.DEFINE_list("seeds", ["0", "1"], "seeds", flag_values=fv)
+    flags.DEFINE_integer("train_examples", 10000, "training images",
+                         flag_values=fv)
+    flags.DEFINE_integer("full_epochs", 7, "epochs of the full model",
+                         flag_values=fv)
+    flags.DEFINE_integer("prune_epochs", 5,
+                         "epochs at the training rate after full training",
+                         flag_values=fv)
+    flags.DEFINE_integer("finetune_epochs", 2,
+                         "epochs at the fine-tuning rate", flag_values=fv)
+    flags.DEFINE_float("fast_epochs", 1.0,
+                       "most epochs of pushing in the fast variants",
+                       flag_values=fv)
+
+
+def _autopruner(study, rate, seed, prune_steps, train_on, bn):
+    import keras_autopruner as kap
+    from keras_autopruner.study.methods import _stop_at_epoch_end
+
+    c = study.config
+    full = study.full_model(seed)
+    gated = kap.add_gates(full, target_rate=rate)
+    study.compile(gated)
+    callback = kap.AutoPrunerCallback(prune_steps=prune_steps)
+    extra = [] if train_on else [_stop_at_epoch_end(callback)]
+    hist = study.fit(gated, c.prune_epochs, seed, "ablation",
+                     callbacks=[callback] + extra)
+    epochs = len(hist["loss"])
+    _, chosen = study.evaluate(gated)
+    compact = kap.strip(gated)
+    if bn:
+        kap.recalibrate_batch_norm(compact, study.sample_batches(32))
+    study.compile(compact)
+    _, cut = study.evaluate(compact)
+    study.fit(compact, c.finetune_epochs, seed, "ablation", low_from=0)
+    _, acc = study.evaluate(compact)
+    return {"cut": cut, "chosen": chosen, "accuracy": acc,
+            "epochs": epochs + c.finetune_epochs,
+            "steps": callback.result["steps"],
+            "reason": callback.result["reason"],
+            "binary": callback.result["binary"],
+            "share": kap.cost_share(gated, "flops")}
+
+
+def _criterion(study, rate, seed, name):
+    import keras_autopruner as kap
+
+    c = study.config
+    compact = kap.prune(study.full_model(seed), importance=name,
+                        target_rate=rate)
+    study.compile(compact)
+    _, cut = study.evaluate(compact)
+    study.train(compact, c.prune_epochs + c.finetune_epochs, seed,
+                "ablation", c.finetune_epochs)
+    _, acc = study.evaluate(compact)
+    return {"cut": cut, "accuracy": acc,
+            "epochs": c.prune_epochs + c.finetune_epochs}
+
+
+def run_variant(study, name, rate, seed, fast_epochs):
+    steps = study.steps_per_epoch()
+    c = study.config
+    if name in ("l1", "random"):
+        return _criterion(study, rate, seed, name)
+    fast = name.startswith("fast")
+    prune_steps = (max(1, int(fast_epochs * steps)) if fast
+                   else c.prune_epochs * steps)
+    return _autopruner(study, rate, seed, prune_steps,
+                       train_on=name != "stop" and name != "stop_bn",
+                       bn=name.endswith("_bn"))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import keras
+    import numpy as np
+
+    from keras_autopruner import study as study_lib
+
+    args = flags.FLAGS
+    config = study_lib.make_config(
+        "demo", methods=("full",), rates=[float(r) for r in args.rates],
+        seeds=[int(s) for s in args.seeds],
+        train_examples=args.train_examples, full_epochs=args.full_epochs,
+        prune_epochs=args.prune_epochs, finetune_epochs=args.finetune_epochs)
+    study = study_lib.Study(config, args.out, verbose=0, export=False)
+    from keras_autopruner.study.methods import RUNNERS
+    study._check_config()  # creates the folders, refuses other settings
+    for seed in config.seeds:
+        study._stage("full", None, seed, RUNNERS["full"])
+    results = {}
+    path = os.path.join(args.out, "ablation.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    for seed in config.seeds:
+        for rate in config.rates:
+            for name in args.variants:
+                key = f"{name}|{rate}|{seed}"
+                if key in results:
+                    continue
+                keras.utils.set_random_seed(1000 * seed + 7)
+                t = time.time()
+                r = run_variant(study, name, rate, seed, args.fast_epochs)
+                r["s"] = round(time.time() - t, 1)
+                results[key] = r
+                print(key, json.dumps(r), flush=True)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(results, f, indent=1)
+                os.replace(path + ".tmp", path)
+                keras.backend.clear_session()
+    print("\n| rate | variant | after choice/cut % | final % (per seed) "
+          "| mean % | minus l1 (pt, per seed) |")
+    print("|---:|---|---:|---|---:|---|")
+    for rate in config.rates:
+        ref = {s: results.get(f"l1|{rate}|{s}") for s in config.seeds}
+        for name in args.variants:
+            rows = [results.get(f"{name}|{rate}|{s}") for s in config.seeds]
+            if any(r is None for r in rows):
+                continue
+            accs = [r["accuracy"] for r in rows]
+            diffs = [100 * (r["accuracy"] - ref[s]["accuracy"])
+                     for r, s in zip(rows, config.seeds) if ref[s]]
+            print(f"| {rate} | {name} | "
+                  f"{100 * np.mean([r['cut'] for r in rows]):.2f} | "
+                  + ", ".join(f"{100 * a:.2f}" for a in accs)
+                  + f" | {100 * np.mean(accs):.2f} | "
+                  + ", ".join(f"{d:+.2f}" for d in diffs) + " |")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
