@@ -103,8 +103,11 @@ class AutoPrunerCallback(keras.callbacks.Callback):
 
         gated = add_gates(model, target_rate=0.25)   # keep 25% of the MACs
         gated.compile("adam", "sparse_categorical_crossentropy")
-        gated.fit(x, y, epochs=4, callbacks=[
-            AutoPrunerCallback(stop_when_done=True),
+        # Push for at most one of the 5 epochs, then the chosen network
+        # trains on (the gates hold the choice): the procedure the study
+        # measured to beat one-shot cuts at equal epochs.
+        gated.fit(x, y, epochs=5, callbacks=[
+            AutoPrunerCallback(prune_steps=steps_per_epoch),
             keras.callbacks.BackupAndRestore("backup")])  # survives a kill
         compact = strip(gated)
 
