@@ -152,6 +152,14 @@ class CostModel:
         return float(np.sum(self._io * f_in * f_out + self._i * f_in
                             + self._o * f_out + self._c))
 
+    def channel_groups(self):
+        """Per gate (in `gates` order), the coupled group of each channel.
+
+        Two channels with the same group id are one channel to `strip`
+        (the branches of an `Add`, say): kept if either gate keeps it.
+        """
+        return [self._root[a] for a in self._gate_atoms]
+
     def share(self, values):
         """`cost(values) / full`: the kept share of the full model's cost."""
         return self.cost(values) / self.full

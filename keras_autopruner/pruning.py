@@ -7,13 +7,17 @@ so the budgets mean the same: per layer `round(r * units)` channels, or a
 global share of MACs / parameters / filters within `tolerance` of `r` and
 never above it, never fewer than `min_units` channels in a layer.
 
+Scores are normalised per gate (`Importance.normalise`), then per
+coupled group (`coupled_scores`): gates whose channels strip couples rank
+them by their mean score, so they keep the same channels.
+
 How a global budget is split over the layers is `allocation`:
 
 - `"uniform"` (default): every layer keeps the same share of its channels,
   the one share that meets the budget (what `exact_choice` does without an
   allocation); the criterion picks the channels within each layer, and
   the last few channels that fill the budget go to the best-scoring ones
-  across layers (after `Importance.normalise`).
+  across layers (after `Importance.normalise` and `coupled_scores`).
 - `"threshold"`: one threshold on the normalised scores across all layers
   sets each layer's share: the channels above it are as many as the budget
   affords; `exact_choice` then scales those shares together until the cost
@@ -156,12 +160,13 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
             "iterable of (x, y) batches.")
     raw = criterion.scores(gated, gates, data)
     scores = criterion.normalise(_checked_scores(criterion, raw, gates))
+    cost = CostModel(gated, objective.weighting)
+    scores = coupled_scores(cost, scores)
     if objective.budget == "layer":
         specs = [_Spec(g, g.target_rate if target_rate is None
                        else target_rate) for g in gates]
         masks = exact_choice(specs, [scores[g.name] for g in gates], None)
         return {g.name: m for g, m in zip(gates, masks)}
-    cost = CostModel(gated, objective.weighting)
     # CostModel's gate order need not be gates_of's: pair by name.
     specs = [_Spec(g, target_rate) for g in cost.gates]
     ordered = [scores[s.name] for s in specs]
@@ -181,6 +186,62 @@ def select_masks(gated, importance, objective, target_rate, data=None, *,
             "channel can cost more than the tolerance).", UserWarning,
             stacklevel=3)
     return {s.name: m for s, m in zip(specs, masks)}
+
+
+def coupled_scores(cost, scores):
+    """Scores made comparable within and across coupled groups.
+
+    Gates whose channels `strip` couples (the branches of an `Add`, a
+    channel read by two gated layers) score one channel several times: it
+    is kept if any of them keeps it. Each coupled channel's score becomes
+    the mean of its gates' (normalised) scores, so the coupled gates rank
+    their channels alike and keep the same ones instead of a union wider
+    than either. Every set of gates linked by shared channels is then
+    divided by its largest score, as `Importance.normalise` does for one
+    gate, before any comparison across groups. An uncoupled gate's scores
+    are left as they are.
+
+    Args:
+        cost: the gated model's `CostModel` (its `channel_groups`).
+        scores: `{gate_name: array}`, normalised per gate.
+
+    Returns:
+        A new `{gate_name: float64 array}`.
+    """
+    groups = cost.channel_groups()
+    names = [g.name for g in cost.gates]
+    values = [np.asarray(scores[n], np.float64) for n in names]
+    total, count = {}, {}
+    owner = {}  # channel group -> the first gate holding it
+    parent = list(range(len(names)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (g, v) in enumerate(zip(groups, values)):
+        for root, x in zip(g.tolist(), v.tolist()):
+            total[root] = total.get(root, 0.0) + x
+            count[root] = count.get(root, 0) + 1
+            if root in owner:
+                parent[find(i)] = find(owner[root])
+            else:
+                owner[root] = i
+    if all(c == 1 for c in count.values()):
+        return {n: v.copy() for n, v in zip(names, values)}
+    mean = [np.array([total[r] / count[r] for r in g.tolist()])
+            for g in groups]
+    top = {}
+    for i, m in enumerate(mean):
+        if m.size:
+            top[find(i)] = max(top.get(find(i), 0.0), float(m.max()))
+    out = {}
+    for i, (n, m) in enumerate(zip(names, mean)):
+        t = top.get(find(i), 0.0)
+        out[n] = m / t if t > 0 else m
+    return out
 
 
 def _choose(model, importance, target_rate, objective, data, allocation,

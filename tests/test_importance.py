@@ -360,3 +360,62 @@ def test_prune_arguments():
         kap.prune(model, "l1", 0.5, "layer", allocation="greedy")
     with pytest.raises(ValueError, match="objective must be"):
         kap.prune(model, "l1", 0.5, objective=3)
+
+
+def residual_net():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 3))
+    stem = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    a = keras.layers.Conv2D(8, 3, padding="same", name="branch_a")(stem)
+    b = keras.layers.Conv2D(8, 1, name="branch_b")(inputs)
+    x = keras.layers.Add()([a, b])
+    x = keras.layers.Conv2D(6, 3, padding="same", name="head")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def test_coupled_gates_rank_by_the_group_and_keep_the_same_channels():
+    from keras_autopruner.budget import CostModel
+    from keras_autopruner.pruning import coupled_scores
+
+    gated = kap.add_gates(randomised(residual_net()), 0.5)
+    names = {g.name for g in gated.layers
+             if isinstance(g, kap.AutoPrunerGate)}
+    assert {"branch_a_gate", "branch_b_gate"} <= names
+    # The two branches rank their (coupled) channels in opposite orders:
+    # per gate they would keep disjoint halves and the union would be all.
+    rising = np.arange(1, 9, dtype=float)
+
+    class Opposite(kap.Importance):
+        def scores(self, gated, gates, data=None):
+            out = {}
+            for g in gates:
+                if g.name == "branch_a_gate":
+                    out[g.name] = rising
+                elif g.name == "branch_b_gate":
+                    out[g.name] = rising[::-1] * 10.0
+                else:
+                    out[g.name] = np.linspace(1, 2, g.units)
+            return out
+
+    cost = CostModel(gated, "flops")
+    per_gate = Opposite().normalise(Opposite().scores(gated, cost.gates))
+    grouped = coupled_scores(cost, per_gate)
+    # One score per coupled channel: the mean of the two gates', the group
+    # divided by its largest; an uncoupled gate's scores are untouched.
+    np.testing.assert_allclose(grouped["branch_a_gate"],
+                               grouped["branch_b_gate"])
+    mean = (rising / 8 + rising[::-1] / 8) / 2
+    np.testing.assert_allclose(grouped["branch_a_gate"], mean / mean.max())
+    np.testing.assert_allclose(grouped["head_gate"], per_gate["head_gate"])
+    for objective in ("layer", kap.PruningObjective("global",
+                                                    weighting="flops")):
+        masks = select_masks(gated, Opposite(), objective, 0.5)
+        np.testing.assert_array_equal(masks["branch_a_gate"],
+                                      masks["branch_b_gate"])
+    # Through prune, the stripped Add keeps what each branch keeps, not
+    # the union of two different halves.
+    compact = kap.prune(randomised(residual_net()), importance=Opposite(),
+                        target_rate=0.5, objective="layer")
+    assert compact.get_layer("branch_a").filters == 4
+    assert compact.get_layer("branch_b").filters == 4
