@@ -105,7 +105,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         gated.compile("adam", "sparse_categorical_crossentropy")
         # Push for at most one of the 5 epochs, then the chosen network
         # trains on (the gates hold the choice): the procedure the study
-        # measured to beat one-shot cuts at equal epochs.
+        # measured at or above one-shot cuts at equal epochs.
         gated.fit(x, y, epochs=5, callbacks=[
             AutoPrunerCallback(prune_steps=steps_per_epoch),
             keras.callbacks.BackupAndRestore("backup")])  # survives a kill

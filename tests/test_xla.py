@@ -50,8 +50,13 @@ def test_xla_gives_the_same_masks(data, gate_map):
     for a, b in zip(gates_of(plain), gates_of(xla)):
         np.testing.assert_array_equal(a.mask(), b.mask())
         assert 0 < a.mask().sum() < a.units
-    # The done phase trained on under XLA with the fixed mask.
+    # The done phase trained on under XLA with the fixed mask: the model
+    # computes what its stripped network does, and after 48 steps of
+    # training it is near the un-jitted run (not equal: XLA reorders float
+    # sums, and on JAX the drift over those steps reached 6e-3 once).
     x = data[0][:32]
+    out = keras.ops.convert_to_numpy(xla(x))
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(plain(x)),
-        keras.ops.convert_to_numpy(xla(x)), atol=2e-3)
+        out, keras.ops.convert_to_numpy(kap.strip(xla)(x)), atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), out, atol=2e-2)
