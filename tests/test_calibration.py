@@ -7,6 +7,10 @@ import pytest
 import keras_autopruner as kap
 
 
+def _np(v):
+    return np.asarray(keras.ops.convert_to_numpy(v))
+
+
 def _net(dropout_before_bn=False, nested=False):
     keras.utils.set_random_seed(3)
     inputs = keras.Input((6, 6, 2))
@@ -52,20 +56,20 @@ def test_statistics_are_those_of_the_network_at_inference(kind):
     model = _net(dropout_before_bn=kind == "dropout", nested=kind == "nested")
     x = np.random.default_rng(0).normal(2.0, 3.0, (48, 6, 6, 2)).astype(
         "float32")
-    trainable = [np.array(w) for w in model.trainable_weights]
+    trainable = [_np(w) for w in model.trainable_weights]
     # One batch: every norm then normalises in training mode with exactly
     # the statistics it stores, so each norm's input at inference has the
     # mean and variance it stored (dropout off, as at inference).
     assert kap.recalibrate_batch_norm(model, x, batch_size=48) == 2
     for name, norm in _norms(model).items():
         mean, var = _input_stats(model, name, x)
-        np.testing.assert_allclose(np.array(norm.moving_mean), mean,
+        np.testing.assert_allclose(_np(norm.moving_mean), mean,
                                    rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(np.array(norm.moving_variance), var,
+        np.testing.assert_allclose(_np(norm.moving_variance), var,
                                    rtol=1e-3, atol=1e-4)
         assert norm.momentum == 0.99
     for before, w in zip(trainable, model.trainable_weights):
-        np.testing.assert_array_equal(before, np.array(w))
+        np.testing.assert_array_equal(before, _np(w))
     if kind == "dropout":
         assert model.get_layer("drop").rate == 0.5
 
@@ -80,10 +84,10 @@ def test_several_batches_give_the_running_average():
     probe = keras.Model(model.inputs, model.get_layer("bn1").input)
     v = np.asarray(probe(x[:48]), "float64").reshape(3, 16, 6, 6, 5)
     np.testing.assert_allclose(
-        np.array(model.get_layer("bn1").moving_mean),
+        _np(model.get_layer("bn1").moving_mean),
         v.mean(axis=(1, 2, 3)).mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
-        np.array(model.get_layer("bn1").moving_variance),
+        _np(model.get_layer("bn1").moving_variance),
         v.var(axis=(1, 2, 3)).mean(axis=0), rtol=1e-4, atol=1e-5)
 
 
@@ -95,11 +99,11 @@ def test_dataset_of_pairs_and_tuple():
         "float32")
     y = np.zeros(32, "int32")
     kap.recalibrate_batch_norm(model, (x, y), batch_size=32)
-    expected = np.array(model.get_layer("bn1").moving_mean)
+    expected = _np(model.get_layer("bn1").moving_mean)
     other = _net()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     kap.recalibrate_batch_norm(other, ds)
-    np.testing.assert_allclose(np.array(other.get_layer("bn1").moving_mean),
+    np.testing.assert_allclose(_np(other.get_layer("bn1").moving_mean),
                                expected, rtol=1e-5, atol=1e-6)
 
 
@@ -108,12 +112,12 @@ def test_a_gated_model_keeps_its_gate_state():
     model = _net()
     gated = kap.add_gates(model, target_rate=0.5)
     gate = [l for l in gated.layers if isinstance(l, kap.AutoPrunerGate)][0]
-    before = [np.array(v) for v in gate.non_trainable_variables]
+    before = [_np(v) for v in gate.non_trainable_variables]
     x = np.random.default_rng(3).normal(size=(32, 6, 6, 2)).astype(
         "float32")
     kap.recalibrate_batch_norm(gated, x)
     for b, v in zip(before, gate.non_trainable_variables):
-        np.testing.assert_array_equal(b, np.array(v))
+        np.testing.assert_array_equal(b, _np(v))
 
 
 def test_refusals_and_no_batch_norm():
