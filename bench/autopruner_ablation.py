@@ -132,10 +132,9 @@ def main(argv):
         train_examples=args.train_examples, full_epochs=args.full_epochs,
         prune_epochs=args.prune_epochs, finetune_epochs=args.finetune_epochs)
     study = study_lib.Study(config, args.out, verbose=0, export=False)
-    from keras_autopruner.study.methods import RUNNERS
-    study._check_config()  # creates the folders, refuses other settings
+    study.prepare()  # creates the folders, refuses other settings
     for seed in config.seeds:
-        study._stage("full", None, seed, RUNNERS["full"])
+        study.run_method("full", None, seed)
     results = {}
     path = os.path.join(args.out, "ablation.json")
     if os.path.exists(path):

@@ -22,6 +22,7 @@ each with the measured figure:
 - within 0.5 pt of `full_equal` at 25% of the MACs, within 1 pt at 12%.
 
     .venv/bin/python bench/pruning_pays.py --train_examples=10000 \\
+        --prune_share=0.2 \\
         --seeds=0,1,2 --rates=0.25,0.12 --out=runs/pruning_pays
 """
 

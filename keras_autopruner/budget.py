@@ -284,24 +284,51 @@ def exact_choice(gates, scores, rate, *, budget="layer", cost=None,
             lo = mid
         else:
             hi = mid
-    ks = counts(lo)
-    spent = cost.cost(masks_for(ks))
+    ks, _ = fill_to_budget(
+        [int(k) for k in counts(lo)], scores,
+        lambda ks: cost.cost(masks_for(ks)), limit,
+        enough=limit * (1 - tolerance / 2))
+    return masks_for(ks)
+
+
+def fill_to_budget(ks, scores, cost_of, limit, enough=None, frozen=None):
+    """Add channels one at a time, the best next one that fits first.
+
+    Gate g keeps its `ks[g]` best-scoring channels; each round adds the
+    channel with the highest score among the gates' next-best ones whose
+    addition keeps `cost_of(ks)` within `limit`.
+
+    Args:
+        ks: channels kept per gate.
+        scores: per gate, an array of channel scores.
+        cost_of: kept counts -> cost.
+        limit: the most cost allowed.
+        enough: stop once the cost reaches this (default `limit`: go on
+            while anything fits).
+        frozen: a gate index that gets no channel.
+
+    Returns:
+        The new counts and their cost.
+    """
+    ks = list(ks)
+    units = [len(s) for s in scores]
     best_first = [np.sort(s)[::-1] for s in scores]
-    # Fill the gap one channel at a time, the best next channel first.
-    while spent < limit * (1 - tolerance / 2):
-        options = sorted(
-            (g for g in range(len(gates)) if ks[g] < units[g]),
-            key=lambda g: -best_first[g][int(ks[g])])
+    enough = limit if enough is None else enough
+    spent = cost_of(ks)
+    while spent < enough:
+        options = sorted((g for g in range(len(ks))
+                          if g != frozen and ks[g] < units[g]),
+                         key=lambda g: -best_first[g][ks[g]])
         for g in options:
             ks[g] += 1
-            trial = cost.cost(masks_for(ks))
+            trial = cost_of(ks)
             if trial <= limit:
                 spent = trial
                 break
             ks[g] -= 1
         else:
             break  # nothing fits any more
-    return masks_for(ks)
+    return ks, spent
 
 
 def _top(scores, k):

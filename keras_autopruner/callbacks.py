@@ -12,6 +12,9 @@ from keras_autopruner.gate import gates_of, set_hard_masks
 from keras_autopruner.objective import (PruningObjective, binary_share,
                                         kept_fraction)
 
+# The fewest control updates a step budget gets (see `control_every`).
+MIN_CONTROLS = 30
+
 
 @keras.saving.register_keras_serializable(package="keras_autopruner")
 class AutoPrunerCallback(keras.callbacks.Callback):
@@ -79,7 +82,12 @@ class AutoPrunerCallback(keras.callbacks.Callback):
             `PruningObjective("global", weighting="flops")`), `"layer"`
             (the published per-layer budget), or a `PruningObjective`.
         alpha: an `AlphaSchedule` (default `AlphaSchedule()`).
-        control_every: optimizer steps between control updates.
+        control_every: optimizer steps between control updates. With a
+            step budget the interval is shortened to give the budget at
+            least `MIN_CONTROLS` control updates (`prune_steps // 30`
+            steps apart, at least 1): the controller's pace is set per
+            control update, and a short budget must still get enough of
+            them to reach the target and binary codes.
         warmup_steps: optimizer steps without pruning pressure first (for
             gates added to a network that is not trained yet).
         prune_steps: the most pushing steps; then the exact choice is made
@@ -147,6 +155,10 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self.control_every = int(control_every)
         self.warmup_steps = int(warmup_steps)
         self.prune_steps = None if prune_steps is None else int(prune_steps)
+        self.interval = self.control_every
+        if self.prune_steps:
+            self.interval = max(1, min(self.control_every,
+                                       self.prune_steps // MIN_CONTROLS))
         self.tolerance = float(tolerance)
         self.binary_tolerance = float(binary_tolerance)
         self.binary_target = float(binary_target)
@@ -172,7 +184,7 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self.state = S.PruneState(
             phase=int(round(read(g.phase))), lam=read(g.lam),
             alpha=read(g.alpha), tolerance=self.tolerance,
-            interval=self.control_every, ref_miss=read(g.ref_miss))
+            interval=self.interval, ref_miss=read(g.ref_miss))
         self._mu = read(g.mu)
 
     def _write_state(self):
@@ -259,8 +271,9 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         st.step = self._steps - self._push_start
         st.budget_used = (st.step / self.prune_steps if self.prune_steps
                           else 0.0)
+        st.budget_steps = self.prune_steps or 0
         final = bool(self.prune_steps) and st.step >= self.prune_steps
-        if final or st.step % self.control_every == 0:
+        if final or st.step % self.interval == 0:
             self._sync()
             self._check_finite(logs)
             self._control(final=final)

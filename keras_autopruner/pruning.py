@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from keras_autopruner import importance as importance_lib
-from keras_autopruner.budget import CostModel, exact_choice
+from keras_autopruner.budget import CostModel, exact_choice, fill_to_budget
 from keras_autopruner.gate import check_rate, gates_of
 from keras_autopruner.objective import PruningObjective
 
@@ -357,7 +357,6 @@ def _refine(specs, scores, masks, cost, limit, tolerance, reach=4,
     units = [s.units for s in specs]
     floors = [min(max(s.min_units, 1), s.units) for s in specs]
     order = [np.argsort(-sc, kind="stable") for sc in scores]
-    ranked = [np.sort(sc)[::-1] for sc in scores]
 
     def masks_of(ks):
         out = []
@@ -368,20 +367,8 @@ def _refine(specs, scores, masks, cost, limit, tolerance, reach=4,
         return out
 
     def fill(ks, frozen):
-        ks, value = list(ks), cost.cost(masks_of(ks))
-        while True:
-            options = sorted((g for g in range(len(ks))
-                              if g != frozen and ks[g] < units[g]),
-                             key=lambda g: -ranked[g][ks[g]])
-            for g in options:
-                ks[g] += 1
-                trial = cost.cost(masks_of(ks))
-                if trial <= limit:
-                    value = trial
-                    break
-                ks[g] -= 1
-            else:
-                return ks, value
+        return fill_to_budget(ks, scores, lambda ks: cost.cost(masks_of(ks)),
+                              limit, frozen=frozen)
 
     best = [int(m.sum()) for m in masks]
     for _ in range(rounds):

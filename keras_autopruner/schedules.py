@@ -34,6 +34,7 @@ class PruneState:
         ref_miss: the choice miss at the previous control step (-1: none).
         budget_used: share of the callback's `prune_steps` spent (0 when
             there is no step budget).
+        budget_steps: the callback's `prune_steps` (0: no step budget).
     """
 
     phase: int = WARMUP
@@ -47,6 +48,7 @@ class PruneState:
     tolerance: float = 0.02
     ref_miss: float = -1.0
     budget_used: float = 0.0
+    budget_steps: int = 0
 
     @property
     def choice_miss(self):
@@ -202,15 +204,26 @@ class AlphaSchedule(Schedule):
     `release=None` sharpens from the first pushing step, whatever the gates
     have chosen, as the published VGG16/CUB setting does.
 
+    With a step budget, doubling every `double_every` steps may not reach
+    binary codes before the budget runs out, and the exact choice is then
+    made from soft codes the network never trained under. So once released
+    the doubling is quickened where needed to reach `max_alpha` when
+    `finish_by` of the budget is spent; the steps after that let the codes
+    settle and the callback see them binary. A budget long enough for
+    `double_every` leaves the pace as it is.
+
     Args:
         start: initial alpha.
-        double_every: optimizer steps per doubling once released.
+        double_every: optimizer steps per doubling once released (the
+            slowest pace).
         release: the choice miss under which sharpening starts, or None.
         max_alpha: the largest alpha.
+        finish_by: share of the callback's `prune_steps` by which alpha
+            reaches `max_alpha`, in (0, 1]; ignored without a step budget.
     """
 
     def __init__(self, start=1.0, double_every=12, release=0.05,
-                 max_alpha=256.0):
+                 max_alpha=256.0, finish_by=0.85):
         if start <= 0 or double_every <= 0 or max_alpha < start or (
                 release is not None and release < 0):
             raise ValueError(
@@ -218,9 +231,16 @@ class AlphaSchedule(Schedule):
                 "release >= 0 and max_alpha >= start; got "
                 f"{start}, {double_every}, {release}, {max_alpha}."
             )
+        if isinstance(finish_by, bool) or not isinstance(
+                finish_by, (int, float)) or not 0 < finish_by <= 1:
+            raise ValueError(
+                "AlphaSchedule's finish_by is the share of the step budget "
+                "by which alpha reaches max_alpha, a number in (0, 1] (e.g. "
+                f"0.85); got {finish_by!r}.")
         self.start, self.double_every = float(start), float(double_every)
         self.release = None if release is None else float(release)
         self.max_alpha = float(max_alpha)
+        self.finish_by = float(finish_by)
 
     def initial(self):
         return self.start
@@ -242,12 +262,33 @@ class AlphaSchedule(Schedule):
             return state.alpha
         if not self.released(state, lambda_schedule):
             return state.alpha
-        grown = state.alpha * 2.0 ** (state.interval / self.double_every)
+        grown = state.alpha * 2.0 ** (state.interval / self.period(state))
         return min(self.max_alpha, grown)
+
+    def period(self, state):
+        """Optimizer steps per doubling from this control step on.
+
+        `double_every`, or less when that pace would not reach `max_alpha`
+        by `finish_by` of the step budget: the steps left to that point
+        shared over the doublings left.
+        """
+        if state.budget_steps <= 0:
+            return self.double_every
+        left = self.finish_by * state.budget_steps - state.step
+        doublings = math.log2(self.max_alpha / max(state.alpha, 1e-12))
+        if doublings <= 0:
+            return self.double_every
+        if left <= 0:  # past `finish_by`: straight to max_alpha
+            return state.interval / doublings
+        # The growth applied now covers the interval just trained, so the
+        # interval counts towards the steps left.
+        return min(self.double_every,
+                   (left + state.interval) / doublings)
 
     def get_config(self):
         return {"start": self.start, "double_every": self.double_every,
-                "release": self.release, "max_alpha": self.max_alpha}
+                "release": self.release, "max_alpha": self.max_alpha,
+                "finish_by": self.finish_by}
 
 
 def lambda_schedule(spec):

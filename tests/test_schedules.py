@@ -89,6 +89,35 @@ def test_alpha_released_by_max_lambda_or_half_the_step_budget():
     assert a.update(state, c) == 2.0
 
 
+def test_alpha_reaches_its_top_within_a_short_step_budget():
+    a = AlphaSchedule(double_every=12, release=None, max_alpha=256.0,
+                      finish_by=0.7)
+    # No budget, or one long enough: one doubling per 12 steps.
+    state = PruneState(phase=PUSHING, alpha=1.0, interval=12, step=12)
+    assert a.update(state) == pytest.approx(2.0)
+    state.budget_steps = 10_000
+    assert a.update(state) == pytest.approx(2.0)
+    # A 100-step budget: the 8 doublings are spread over the steps left
+    # before 70 of them, so alpha is at its top by step 70, not step 96.
+    state.budget_steps, state.interval = 100, 10
+    alphas = []
+    for step in range(10, 101, 10):
+        state.step = step
+        state.alpha = a.update(state)
+        alphas.append(state.alpha)
+    assert alphas[6] == pytest.approx(256.0)  # step 70
+    assert alphas[5] < 256.0
+    assert all(b >= c for b, c in zip(alphas[1:], alphas))
+    # Released late (past finish_by): straight to the top.
+    state = PruneState(phase=PUSHING, alpha=2.0, interval=10, step=80,
+                       budget_steps=100)
+    assert a.update(state) == pytest.approx(256.0)
+    for bad in (0, 1.5, True, "0.7"):
+        with pytest.raises(ValueError, match="finish_by"):
+            AlphaSchedule(finish_by=bad)
+    assert AlphaSchedule(**a.get_config()).finish_by == 0.7
+
+
 def test_alpha_on_a_clock_ignores_the_miss():
     a = AlphaSchedule(double_every=10, release=None)
     state = PruneState(phase=PUSHING, alpha=1.0, soft_miss=0.5, miss=0.5,

@@ -226,6 +226,11 @@ def test_resume_skips_finished_runs(tiny_study, tmp_path):
     third.run()
     assert third.ran == []
     assert load(out, "scratch_r0.5_s0") == before
+    # One run at a time (what bench/autopruner_ablation.py does).
+    third.run_method("scratch", 0.5, 0)
+    assert third.ran == [] and third.skipped[-1] == "scratch_r0.5_s0"
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        third.run_method("nope", 0.5, 0)
 
 
 def test_other_settings_refuse_the_folder(tiny_study):
@@ -233,6 +238,8 @@ def test_other_settings_refuse_the_folder(tiny_study):
     other = study.make_config("tiny", full_epochs=2)
     with pytest.raises(ValueError, match="full_epochs"):
         study.Study(other, out, verbose=0).run()
+    with pytest.raises(ValueError, match="full_epochs"):
+        study.Study(other, out, verbose=0).prepare()
 
 
 def test_make_config_validates():

@@ -124,9 +124,13 @@ PRESETS = {
     # minutes (BUILD_NOTES.md, issue 17 part 2, says how that was sized).
     # Every method after the full model spends AutoPruner's epochs after
     # full training with the same learning-rate shape; full_equal trains
-    # the full network for AutoPruner's total.
+    # the full network for AutoPruner's total. The controller needs about
+    # 170-190 pushing steps to reach binary codes on this network, so the
+    # pushing may take 60% of the 315 steps of the pruning phase (the
+    # default 20%, 63 steps, ended every demo run with a forced choice).
     "demo": dict(rates=(0.25, 0.12), seeds=(0, 1, 2), train_examples=2000,
-                 full_epochs=7, prune_epochs=5, finetune_epochs=2,
+                 full_epochs=7, prune_epochs=5, prune_share=0.6,
+                 finetune_epochs=2,
                  methods=("full", "autopruner", "full_equal", "l1",
                           "random", "uniform"),
                  latency_runs=50),

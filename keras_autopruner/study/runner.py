@@ -195,7 +195,13 @@ class Study:
         """A path inside the output folder."""
         return os.path.join(self.out, *parts)
 
-    def _check_config(self):
+    def prepare(self):
+        """Create the study's folders, or check an existing one.
+
+        Raises ValueError when the folder holds a study with other
+        settings (its runs could not be reused). `run` calls it first; call
+        it yourself before running single methods with `run_method`.
+        """
         os.makedirs(self.path("runs"), exist_ok=True)
         os.makedirs(self.path("models"), exist_ok=True)
         stored = self.path("config.json")
@@ -265,17 +271,17 @@ class Study:
         """
         from keras_autopruner.study.methods import RUNNERS
 
-        self._check_config()
+        self.prepare()
         c = self.config
         t0 = time.time()
         log(f"output folder: {os.path.abspath(self.out)}")
         for seed, rate in self.units():
-            self._stage("full", None, seed, RUNNERS["full"])
-            for method, runner in RUNNERS.items():
+            self.run_method("full", None, seed)
+            for method in RUNNERS:
                 # AutoPruner always runs: the baselines need its result.
                 if method == "autopruner" or (
                         method != "full" and method in c.methods):
-                    self._stage(method, rate, seed, runner)
+                    self.run_method(method, rate, seed)
         log(f"training finished in {time.time() - t0:.0f} s "
             f"({len(self.ran)} runs trained, {len(self.skipped)} reused)")
         if self.shard is not None:
@@ -299,7 +305,19 @@ class Study:
         i, n = self.shard
         return every[i::n]
 
-    def _stage(self, method, rate, seed, runner):
+    def run_method(self, method, rate, seed):
+        """Train one run (`method` at `rate` for `seed`) and save it, or
+        reuse it when this folder has it already.
+
+        `rate` is None for the full model. The run draws from a seed of its
+        own, so a resumed study gets the numbers an uninterrupted one does.
+        """
+        from keras_autopruner.study.methods import RUNNERS
+
+        if method not in RUNNERS:
+            raise ValueError(f"Unknown method {method!r}; choose one of "
+                             f"{sorted(RUNNERS)}.")
+        runner = RUNNERS[method]
         key = run_key(method, rate, seed)
         where = f"rate={rate_tag(rate)} " if rate is not None else ""
         prefix = f"{where}seed={seed} method={method}"
