@@ -35,7 +35,7 @@ from absl import app, flags  # noqa: E402
 from keras_autopruner import study as study_lib  # noqa: E402
 
 BENCH_METHODS = ("full", "autopruner", "full_equal", "autopruner_stop") + (
-    study_lib.CRITERIA + ("scratch", "uniform"))
+    study_lib.CRITERIA + ("l1_iterative", "scratch", "uniform"))
 # Issue 17's goal: AutoPruner this close to full_equal (points), by rate.
 FULL_EQUAL_GOALS = {0.25: 0.5, 0.12: 1.0}
 
@@ -134,7 +134,7 @@ def main(argv):
 
     print("\nGoals (issue 17), as measured:")
     for _, p in paired.iterrows():
-        if p["method"] in study_lib.CRITERIA:
+        if p["method"] in study_lib.CRITERIA + ("l1_iterative",):
             ok = p["diff"] >= 0 and p["verdict"] != "loses to"
             interval = ("no interval (1 seed)" if p["seeds"] < 2 else
                         f"[{_pt(p['low'])}, {_pt(p['high'])}]")

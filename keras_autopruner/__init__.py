@@ -20,7 +20,8 @@ The public API lives here; the modules behind it are:
 - metrics.py     count_params, count_flops
 - importance.py  importance criteria (AutoPruner, L1/L2, BN scale, Taylor,
                  random) and the Importance base class
-- pruning.py     prune: one-shot pruning by a criterion to an exact budget
+- pruning.py     prune: one-shot pruning by a criterion to an exact budget;
+                 prune_iteratively: the same in rounds with fine-tuning between
 - masks.py       strip(model, keep=...) without gates, cost_share
 - calibration.py recalibrate_batch_norm: statistics of the chosen network
 - datasets.py    the embedded real data and loaders for user data and tfds
@@ -41,7 +42,7 @@ from keras_autopruner.masks import cost_share
 from keras_autopruner.planner import Plan, PlanRow, plan
 from keras_autopruner.metrics import count_flops, count_params
 from keras_autopruner.objective import PruningObjective, kept_fraction
-from keras_autopruner.pruning import prune
+from keras_autopruner.pruning import prune, prune_iteratively
 from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
                                         Schedule, StepLambda)
 from keras_autopruner.surgery import PruningReport, strip, summary

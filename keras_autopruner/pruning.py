@@ -110,11 +110,106 @@ def prune(model, importance="l1", target_rate=0.25, objective=None,
                                       add_gates_kwargs)
     for gate in gates_of(gated):
         gate.set_mask(masks[gate.name])
-    compact = strip(gated, name=model.name.removesuffix("_gated")
-                    + "_pruned")
+    # A model pruned again (prune_iteratively) keeps one suffix.
+    base = model.name.removesuffix("_gated").removesuffix("_pruned")
+    compact = strip(gated, name=base + "_pruned")
     compact.pruning_report.notes.append(
         f"kap.prune: importance {criterion!r}, target_rate {target_rate}.")
     return compact
+
+
+def prune_iteratively(model, importance="l1", target_rate=0.25,
+                      objective=None, data=None, *, rounds=3, fine_tune=None,
+                      allocation="uniform", tolerance=0.02,
+                      **add_gates_kwargs):
+    """Prune in `rounds` steps, fine-tuning between them.
+
+    Round k of n keeps `target_rate ** (k / n)` of the original model's
+    cost (a geometric path down to the budget), cut from the previous
+    round's stripped model by `prune` with the criterion scored afresh on
+    the fine-tuned weights. Between rounds `fine_tune(model, k)` trains the
+    round's model (compile and fit it there); after the last round the
+    returned model is fine-tuned by the caller, as after `prune`. The
+    final budget holds against the original model: within `tolerance` of
+    `target_rate`, never above it.
+
+    Args:
+        model: a Keras model without gates.
+        importance: a criterion name or `Importance` instance (see `prune`).
+        target_rate: the share of the original model's MACs (or
+            parameters, with `weighting="params"`) to keep, in (0, 1].
+        objective: a global `PruningObjective` (default: MACs), or
+            `"global"`. The per-layer budget and the filter weighting are
+            refused: a share of each layer's filters is not a share of a
+            model that earlier rounds already narrowed.
+        data: batches for criteria that need data (see `prune`).
+        rounds: number of cuts, at least 1 (1: the same as `prune`).
+        fine_tune: `fine_tune(model, k)`, called after rounds 1 to
+            `rounds - 1` with that round's stripped model; None trains
+            nothing between rounds.
+        allocation: `"uniform"` or `"threshold"` (see `prune`).
+        tolerance: the budget's relative tolerance.
+        **add_gates_kwargs: passed to `add_gates` at every round.
+
+    Returns:
+        The last round's `PrunedModel`; its `pruning_report` compares it
+        with the previous round's model, and its notes give each round's
+        share of the original cost.
+
+    Example:
+
+        def fine_tune(m, k):
+            m.compile("adam", "sparse_categorical_crossentropy")
+            m.fit(x, y, epochs=1)
+
+        compact = kap.prune_iteratively(model, "l1", 0.25, rounds=3,
+                                        fine_tune=fine_tune)
+    """
+    from keras_autopruner.metrics import count_flops, count_params
+
+    objective = _objective(objective)
+    check_rate(target_rate)
+    if objective.budget != "global" or objective.weighting == "filters":
+        raise ValueError(
+            "prune_iteratively needs a global budget of MACs or parameters "
+            "(PruningObjective('global', weighting='flops' or 'params')); "
+            f"got {objective!r}. For a per-layer budget use kap.prune.")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(
+            f"rounds must be a whole number >= 1 (e.g. 3), got {rounds!r}.")
+    if fine_tune is not None and not callable(fine_tune):
+        raise ValueError(
+            "fine_tune must be a function (model, round) -> None that "
+            f"compiles and trains the round's model; got {fine_tune!r}.")
+    if gates_of(model):
+        raise ValueError(
+            f"prune_iteratively: {model.name!r} is gated; pass the ungated "
+            "model (each round gates the previous round's model itself).")
+
+    def cost(m):
+        return float(count_flops(m).total if objective.weighting == "flops"
+                     else count_params(m))
+
+    full = cost(model)
+    current, notes = model, []
+    for k in range(1, rounds + 1):
+        goal = float(target_rate) ** (k / rounds)
+        here = cost(current) / full
+        # The share of the current model that leaves `goal` of the
+        # original; the last round's tolerance is the original's.
+        share = min(1.0, goal / here)
+        current = prune(current, importance, share, objective, data,
+                        allocation=allocation, tolerance=tolerance,
+                        **add_gates_kwargs)
+        notes.append(f"round {k}/{rounds}: {cost(current) / full:.4f} of "
+                     f"the original {objective.weighting} (goal "
+                     f"{goal:.4f})")
+        if k < rounds and fine_tune is not None:
+            fine_tune(current, k)
+    current.pruning_report.notes.extend(
+        [f"kap.prune_iteratively: importance {importance!r}, target_rate "
+         f"{target_rate}, {rounds} rounds."] + notes)
+    return current
 
 
 def select_masks(gated, importance, objective, target_rate, data=None, *,

@@ -56,9 +56,9 @@ def test_tables_parse_and_agree(tiny_study):
     runs = pd.read_csv(os.path.join(out, "runs.csv"))
     assert sorted(runs["method"]) == sorted([
         "autopruner", "autopruner_stop", "full", "full_equal", "l1",
-        "random", "scratch", "uniform"])
+        "l1_iterative", "random", "scratch", "uniform"])
     results = pd.read_csv(os.path.join(out, "results.csv"))
-    assert len(results) == 8 and list(results["method"]) == list(
+    assert len(results) == 9 and list(results["method"]) == list(
         table["method"])
     assert (results["seeds"] == 1).all()
     assert (results["latency_ms"] > 0).all()
@@ -68,14 +68,15 @@ def test_tables_parse_and_agree(tiny_study):
     assert full["speedup_throughput"] == pytest.approx(1.0)
     # Accuracy right after the cut: for the methods that cut, only.
     cut = results.set_index("method")["accuracy_cut"]
-    assert cut[["autopruner", "l1", "random"]].between(0, 1).all()
+    assert cut[["autopruner", "l1", "random", "l1_iterative"]].between(
+        0, 1).all()
     assert cut[["full", "full_equal", "scratch", "uniform"]].isna().all()
     assert cut["autopruner"] == pytest.approx(
         load(out, "autopruner_r0.5_s0")["accuracy_stripped"])
     paired = pd.read_csv(os.path.join(out, "paired.csv"))
     assert sorted(paired["method"]) == sorted([
-        "autopruner_stop", "full", "full_equal", "l1", "random", "scratch",
-        "uniform"])
+        "autopruner_stop", "full", "full_equal", "l1", "l1_iterative",
+        "random", "scratch", "uniform"])
     assert (paired["verdict"] == "one seed").all()
     for _, row in runs.iterrows():
         assert 0.0 <= row["accuracy"] <= 1.0
@@ -150,6 +151,22 @@ def test_baselines_follow_autopruner(tiny_study):
         ap["full_widths"], uniform["factor"])
 
 
+def test_iterative_cut_gets_the_same_epochs_and_budget(tiny_study):
+    out, config, _, _, _ = tiny_study
+    ap, full = load(out, "autopruner_r0.5_s0"), load(out, "full_s0")
+    it = load(out, "l1_iterative_r0.5_s0")
+    assert it["own_epochs"] == ap["own_epochs"]
+    assert it["epochs"] == ap["epochs"]
+    # 4 epochs at the training rate shared over the 3 gaps, then the
+    # last at the fine-tuning rate.
+    assert it["rounds"] == 3 and it["epochs_between"] == [2, 1, 1]
+    lrs = it["history"]["learning_rate"]
+    assert lrs == pytest.approx([config.learning_rate]
+                                + [config.finetune_learning_rate])
+    assert it["flops"] / full["flops"] <= 0.5
+    assert any("round 3/3" in n for n in it["notes"])
+
+
 def test_cuts_and_full_equal_match_autopruner_budget(tiny_study):
     out, config, _, _, _ = tiny_study
     ap, full = load(out, "autopruner_r0.5_s0"), load(out, "full_s0")
@@ -218,8 +235,8 @@ def test_resume_skips_finished_runs(tiny_study, tmp_path):
     assert first.ran == ["full_s0", "autopruner_r0.5_s0"]
     assert second.skipped == ["full_s0", "autopruner_r0.5_s0"]
     assert second.ran == ["full_equal_r0.5_s0", "autopruner_stop_r0.5_s0",
-                          "l1_r0.5_s0",
-                          "random_r0.5_s0", "scratch_r0.5_s0",
+                          "l1_r0.5_s0", "random_r0.5_s0",
+                          "l1_iterative_r0.5_s0", "scratch_r0.5_s0",
                           "uniform_r0.5_s0"]
     before = load(out, "scratch_r0.5_s0")
     third = study.Study(config, out, verbose=0, export=False)

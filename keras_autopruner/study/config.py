@@ -6,7 +6,7 @@ import dataclasses
 # "autopruner", whose results the baselines after it depend on.
 CRITERIA = ("l1", "l2", "bn", "taylor", "random")
 METHODS = ("full", "autopruner", "full_equal", "autopruner_stop") + (
-    CRITERIA + ("scratch", "uniform", "magnitude"))
+    CRITERIA + ("l1_iterative", "scratch", "uniform", "magnitude"))
 IMAGE_MODELS = ("vgg_small", "vgg16_cub")
 # The builder a study uses when --model is not given: by the data's kind.
 DEFAULT_IMAGE_MODEL = "vgg_small"
@@ -21,6 +21,7 @@ METHOD_LABELS = {
     "bn": "BN scale (gamma) cut + fine-tuned",
     "taylor": "Taylor cut + fine-tuned",
     "random": "random cut + fine-tuned",
+    "l1_iterative": "L1 cut in 3 rounds, fine-tuned between and after",
     "scratch": "AutoPruner's widths, from scratch",
     "uniform": "uniform width, matched cost, from scratch",
     "magnitude": "magnitude pruning (tfmot, unstructured)",
@@ -142,8 +143,8 @@ PRESETS = {
                  test_examples=256, batch_size=32, full_epochs=1,
                  prune_epochs=4, finetune_epochs=1, latency_runs=5,
                  methods=("full", "autopruner", "full_equal",
-                          "autopruner_stop", "l1", "random", "scratch",
-                          "uniform"),
+                          "autopruner_stop", "l1", "random", "l1_iterative",
+                          "scratch", "uniform"),
                  widths={"block1_conv1": 4, "block1_conv2": 4,
                          "block2_conv1": 8, "block2_conv2": 8, "fc1": 16}),
 }

@@ -23,6 +23,10 @@ builder's widths.
   and AutoPruner's rate), then fine-tuned for AutoPruner's epochs after
   full training (pruning epochs used + fine-tuning), the last
   `finetune_epochs` at `finetune_learning_rate`;
+- `l1_iterative`: the same cut by L1 norm in `ITERATIVE_ROUNDS` rounds
+  (`kap.prune_iteratively`, down to AutoPruner's rate on a geometric
+  path), AutoPruner's epochs at the training rate shared out between the
+  rounds and after the last, then its fine-tuning epochs;
 - `scratch`: AutoPruner's stripped network re-initialised and trained
   from scratch;
 - `uniform`: one width factor for every gated layer (the first
@@ -134,6 +138,53 @@ def _criterion_runner(name):
                    "at AutoPruner's budget, fine-tuned for AutoPruner's "
                    "epochs after full training.")
     return run
+
+
+# Cuts of `l1_iterative`.
+ITERATIVE_ROUNDS = 3
+
+
+def run_l1_iterative(study, rate, seed, prefix):
+    """The trained full model cut by L1 norm in `ITERATIVE_ROUNDS`
+    rounds, trained at the training rate between them; the epochs, and
+    their learning-rate shape, are those of a one-shot cut.
+
+    Of AutoPruner's epochs after full training, the last `finetune_epochs`
+    run at the fine-tuning rate after the last cut; the others, at the
+    training rate, are shared out evenly over the gaps after each cut
+    (earlier gaps get the remainder).
+    """
+    import keras_autopruner as kap
+
+    c = study.config
+    ap = study.autopruner_run(rate, seed)
+    full = study.full_model(seed)
+    epochs = int(ap["own_epochs"])
+    low = min(c.finetune_epochs, epochs)
+    rounds = ITERATIVE_ROUNDS
+    gaps = [len(part) for part in np.array_split(
+        np.arange(epochs - low), rounds)]
+
+    def fine_tune(model, k):
+        study.compile(model)
+        log(f"{prefix}: round {k}, training {gaps[k - 1]} epochs...")
+        study.fit(model, gaps[k - 1], seed, prefix)
+
+    compact = kap.prune_iteratively(
+        full, "l1", rate,
+        objective=kap.PruningObjective(c.objective, weighting=c.weighting),
+        rounds=rounds, fine_tune=fine_tune)
+    study.compile(compact)
+    _, cut_acc = study.evaluate(compact)
+    last = gaps[-1] + low
+    log(f"{prefix}: last cut, accuracy {cut_acc:.4f}; training {last} "
+        f"epochs ({low} at the fine-tuning rate)...")
+    history = study.train(compact, last, seed, prefix, low)
+    return study.finish(
+        compact, run_key("l1_iterative", rate, seed), history,
+        epochs=c.full_epochs + epochs, own_epochs=epochs,
+        accuracy_cut=cut_acc, rounds=rounds, epochs_between=gaps,
+        notes=list(compact.pruning_report.notes))
 
 
 def run_autopruner(study, rate, seed, prefix, train_on=True):
@@ -426,6 +477,7 @@ RUNNERS = {
     "full_equal": run_full_equal,
     "autopruner_stop": run_autopruner_stop,
     **{name: _criterion_runner(name) for name in CRITERIA},
+    "l1_iterative": run_l1_iterative,
     "scratch": run_scratch,
     "uniform": run_uniform,
     "magnitude": run_magnitude,

@@ -15,7 +15,8 @@ def plot_accuracy_vs_flops(table, path):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     markers = {"autopruner": "o", "full_equal": "P", "l1": "v", "l2": "<",
                "bn": ">", "taylor": "D", "random": "d", "scratch": "s",
-               "uniform": "^", "magnitude": "x", "autopruner_stop": "*"}
+               "uniform": "^", "magnitude": "x", "autopruner_stop": "*",
+               "l1_iterative": "X"}
     for method in METHODS:
         rows = table[table["method"] == method].sort_values("flops")
         if rows.empty:
