@@ -16,6 +16,11 @@ study. Only AutoPruner's procedure differs:
 - `fast`: `train_on` with the choice made after at most `--fast_epochs`
   of pushing (soft codes or not), so the chosen network trains longer;
 - `fast_bn`: `fast` with the batch-norm re-estimate after the choice;
+- the controller's settings, each on `fast` (the study's procedure):
+  `fast_lam3` and `fast_lam1.2` (lambda raised by 3x or 1.2x at a stalled
+  control step instead of 1.5x, `LambdaController(growth=...)`),
+  `fast_alpha6` and `fast_alpha24` (alpha doubled every 6 or 24 steps
+  once released instead of 12, `AlphaSchedule(double_every=...)`);
 - `l1`, `random`: one-shot cuts of the full model at the same budget,
   `prune_epochs` at the training rate then the low rate (the references).
 
@@ -35,13 +40,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 VARIANTS = ("stop", "stop_bn", "train_on", "fast", "fast_bn", "l1", "random")
+# The controller's settings varied one at a time on `fast`: the callback's
+# keyword arguments for each.
+CONTROLLER_VARIANTS = {
+    "fast_lam3": dict(growth=3.0),
+    "fast_lam1.2": dict(growth=1.2),
+    "fast_alpha6": dict(double_every=6),
+    "fast_alpha24": dict(double_every=24),
+}
 
 
 def define_flags(fv=flags.FLAGS):
     """Define the benchmark's flags in `fv`."""
     flags.DEFINE_string("out", "/tmp/autopruner_ablation", "study folder",
                         flag_values=fv)
-    flags.DEFINE_list("variants", list(VARIANTS), "variants to run",
+    flags.DEFINE_list("variants", list(VARIANTS),
+                      "variants to run, from "
+                      + ",".join(VARIANTS + tuple(CONTROLLER_VARIANTS)),
                       flag_values=fv)
     flags.DEFINE_list("rates", ["0.25", "0.12"], "kept MAC shares",
                       flag_values=fv)
@@ -60,7 +75,8 @@ def define_flags(fv=flags.FLAGS):
                        flag_values=fv)
 
 
-def _autopruner(study, rate, seed, prune_steps, train_on, bn):
+def _autopruner(study, rate, seed, prune_steps, train_on, bn,
+                controller=None):
     import keras_autopruner as kap
     from keras_autopruner.study.methods import _stop_at_epoch_end
 
@@ -68,7 +84,12 @@ def _autopruner(study, rate, seed, prune_steps, train_on, bn):
     full = study.full_model(seed)
     gated = kap.add_gates(full, target_rate=rate)
     study.compile(gated)
-    callback = kap.AutoPrunerCallback(prune_steps=prune_steps)
+    controller = dict(controller or {})
+    alpha = {k: controller.pop(k) for k in ("double_every",)
+             if k in controller}
+    callback = kap.AutoPrunerCallback(
+        schedule=kap.LambdaController(**controller),
+        alpha=kap.AlphaSchedule(**alpha), prune_steps=prune_steps)
     extra = [] if train_on else [_stop_at_epoch_end(callback)]
     hist = study.fit(gated, c.prune_epochs, seed, "ablation",
                      callbacks=[callback] + extra)
@@ -109,12 +130,16 @@ def run_variant(study, name, rate, seed, fast_epochs):
     c = study.config
     if name in ("l1", "random"):
         return _criterion(study, rate, seed, name)
+    if name not in VARIANTS and name not in CONTROLLER_VARIANTS:
+        raise ValueError(f"Unknown variant {name!r}; choose from "
+                         f"{VARIANTS + tuple(CONTROLLER_VARIANTS)}.")
     fast = name.startswith("fast")
     prune_steps = (max(1, int(fast_epochs * steps)) if fast
                    else c.prune_epochs * steps)
     return _autopruner(study, rate, seed, prune_steps,
                        train_on=name != "stop" and name != "stop_bn",
-                       bn=name.endswith("_bn"))
+                       bn=name.endswith("_bn"),
+                       controller=CONTROLLER_VARIANTS.get(name))
 
 
 def main(argv):

@@ -91,7 +91,9 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         warmup_steps: optimizer steps without pruning pressure first (for
             gates added to a network that is not trained yet).
         prune_steps: the most pushing steps; then the exact choice is made
-            whatever the codes are. None: no step budget.
+            whatever the codes are. None: no step budget. A budget also
+            sets the pace: the control interval (see `control_every`) and
+            how fast alpha sharpens (`AlphaSchedule.finish_by`).
         tolerance: accepted distance of the kept fraction (or cost share)
             from the target while pushing; relative distance of the final
             global choice.
