@@ -186,7 +186,8 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         self.state = S.PruneState(
             phase=int(round(read(g.phase))), lam=read(g.lam),
             alpha=read(g.alpha), tolerance=self.tolerance,
-            interval=self.interval, ref_miss=read(g.ref_miss))
+            interval=self.interval, ref_miss=read(g.ref_miss),
+            budget_steps=self.prune_steps or 0)
         self._mu = read(g.mu)
 
     def _write_state(self):
@@ -273,7 +274,6 @@ class AutoPrunerCallback(keras.callbacks.Callback):
         st.step = self._steps - self._push_start
         st.budget_used = (st.step / self.prune_steps if self.prune_steps
                           else 0.0)
-        st.budget_steps = self.prune_steps or 0
         final = bool(self.prune_steps) and st.step >= self.prune_steps
         if final or st.step % self.interval == 0:
             self._sync()

@@ -191,19 +191,18 @@ def prune_iteratively(model, importance="l1", target_rate=0.25,
                      else count_params(m))
 
     full = cost(model)
-    current, notes = model, []
+    current, here, notes = model, 1.0, []
     for k in range(1, rounds + 1):
         goal = float(target_rate) ** (k / rounds)
-        here = cost(current) / full
         # The share of the current model that leaves `goal` of the
         # original; the last round's tolerance is the original's.
         share = min(1.0, goal / here)
         current = prune(current, importance, share, objective, data,
                         allocation=allocation, tolerance=tolerance,
                         **add_gates_kwargs)
-        notes.append(f"round {k}/{rounds}: {cost(current) / full:.4f} of "
-                     f"the original {objective.weighting} (goal "
-                     f"{goal:.4f})")
+        here = cost(current) / full
+        notes.append(f"round {k}/{rounds}: {here:.4f} of the original "
+                     f"{objective.weighting} (goal {goal:.4f})")
         if k < rounds and fine_tune is not None:
             fine_tune(current, k)
     current.pruning_report.notes.extend(
