@@ -1,8 +1,15 @@
-"""Gated training compiles with XLA (`jit_compile=True`) and chooses the
-same masks as without it.
+"""Gated training compiles with XLA (`jit_compile=True`) and computes what
+it computes without XLA.
 
 Runs on the default backend (TensorFlow); the Makefile's JAX pass runs it
 again on JAX, where `jit_compile=False` is the un-jitted step.
+
+Whole pruning runs are not compared mask for mask: XLA reorders float
+sums, 48 steps of training amplify that, and CI's machine once flipped a
+near-tie between two channels that this machine keeps apart. The steps
+are compared while they still agree to float precision, and the jitted
+run is checked on its own: it converges, meets its budget, and trains on
+with the mask that strip cuts.
 """
 
 import keras
@@ -14,6 +21,7 @@ from keras_autopruner.datasets import load_tabular
 from keras_autopruner.gate import gates_of
 
 L = keras.layers
+GATE_MAPS = ["full", "low_rank"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +30,7 @@ def data():
     return x[:256].astype("float32"), y[:256]
 
 
-def prune(data, jit_compile, gate_map):
+def gated_model(jit_compile, gate_map):
     keras.utils.set_random_seed(5)
     model = keras.Sequential([
         keras.Input((16,)),
@@ -33,30 +41,55 @@ def prune(data, jit_compile, gate_map):
     gated = kap.add_gates(model, target_rate=0.5, gate_map=gate_map, rank=4)
     gated.compile(keras.optimizers.Adam(3e-3),
                   "sparse_categorical_crossentropy", jit_compile=jit_compile)
-    cb = kap.AutoPrunerCallback(objective="layer", control_every=2,
-                                prune_steps=30)
-    # Two epochs past the choice: the done phase trains under XLA too.
-    gated.fit(*data, batch_size=32, epochs=6, shuffle=False, verbose=0,
-              callbacks=[cb])
-    assert cb.done
     return gated
 
 
+def callback(**kwargs):
+    return kap.AutoPrunerCallback(objective="layer", control_every=2,
+                                  prune_steps=30, **kwargs)
+
+
+def values(model):
+    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+@pytest.mark.parametrize("gate_map", GATE_MAPS)
+def test_jitted_steps_compute_the_plain_steps(data, gate_map):
+    plain = gated_model(False, gate_map)
+    xla = gated_model(True, gate_map)
+    start = values(plain)
+    for m in (plain, xla):
+        # One epoch, 8 steps: the controller has acted (every 2 steps) and
+        # the gates are learning, but float differences are still tiny.
+        m.fit(*data, batch_size=32, epochs=1, shuffle=False, verbose=0,
+              callbacks=[callback(finish_on_train_end=False)])
+    names = [v.path for v in plain.weights]
+    moved = 0
+    for name, s, a, b in zip(names, start, values(plain), values(xla)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+        moved += not np.allclose(s, a, rtol=1e-3, atol=1e-3)
+    # The comparison has teeth: the network's kernels, the gates' weights
+    # and their moving codes all moved far beyond the tolerance.
+    assert moved >= 10, moved
+    for g in gates_of(xla):
+        assert float(keras.ops.convert_to_numpy(g.coef)) > 0
+        assert not np.allclose(g.scores(), g.scores()[0])
+
+
 @pytest.mark.filterwarnings("ignore:AutoPrunerCallback. pruning ended")
-@pytest.mark.parametrize("gate_map", ["full", "low_rank"])
-def test_xla_gives_the_same_masks(data, gate_map):
-    plain = prune(data, False, gate_map)
-    xla = prune(data, True, gate_map)
-    for a, b in zip(gates_of(plain), gates_of(xla)):
-        np.testing.assert_array_equal(a.mask(), b.mask())
-        assert 0 < a.mask().sum() < a.units
-    # The done phase trained on under XLA with the fixed mask: the model
-    # computes what its stripped network does, and after 48 steps of
-    # training it is near the un-jitted run (not equal: XLA reorders float
-    # sums, and on JAX the drift over those steps reached 6e-3 once).
+@pytest.mark.parametrize("gate_map", GATE_MAPS)
+def test_jitted_run_chooses_and_trains_on_its_mask(data, gate_map):
+    xla = gated_model(True, gate_map)
+    cb = callback()
+    # Two epochs past the choice: the done phase trains under XLA too.
+    xla.fit(*data, batch_size=32, epochs=6, shuffle=False, verbose=0,
+            callbacks=[cb])
+    assert cb.done
+    for g in gates_of(xla):
+        # objective="layer" at 0.5: each 20-neuron layer keeps 10.
+        assert g.mask().sum() == 10, (g.name, g.mask().sum())
     x = data[0][:32]
     out = keras.ops.convert_to_numpy(xla(x))
     np.testing.assert_allclose(
         out, keras.ops.convert_to_numpy(kap.strip(xla)(x)), atol=1e-5)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(plain(x)), out, atol=2e-2)
