@@ -237,6 +237,33 @@ def test_a_short_step_budget_still_ends_with_binary_codes(letters, objective):
         assert 0.5 * 0.98 <= cb.result["cost_share"] <= 0.5
 
 
+def test_gates_cut_dead_neurons_first(letters):
+    # A trained network with 16 of each hidden layer's 64 neurons zeroed
+    # (kernel column and bias): they output nothing, so only the pruning
+    # term moves their gates and the classification term holds up the
+    # others. At a per-layer budget of 32 the dead ones are all cut and
+    # ranked last. Gates blind to the loss (the gated output not
+    # multiplied by the code) kept 8 of the first layer's 16.
+    x, y, _, _ = letters
+    model = compiled(fc_net())
+    model.fit(x, y, batch_size=256, epochs=3, verbose=0)
+    dead = np.random.RandomState(0).choice(64, 16, replace=False)
+    for name in ("h1", "h2"):
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[:, dead] = 0
+        bias[dead] = 0
+        model.get_layer(name).set_weights([kernel, bias])
+    gated = compiled(kap.add_gates(model, target_rate=0.5))
+    cb = kap.AutoPrunerCallback(objective="layer", prune_steps=300)
+    gated.fit(x, y, batch_size=256, epochs=12, verbose=0, callbacks=[cb])
+    assert cb.result["reason"] == "done", cb.result
+    for g in cb.gates:
+        assert g.mask().sum() == 32
+        assert not g.mask()[dead].any(), g.name
+        last = np.argsort(g.ranking())[:16]
+        assert set(last) == set(dead), g.name
+
+
 def test_control_interval_follows_the_step_budget():
     assert kap.AutoPrunerCallback().interval == 10
     assert kap.AutoPrunerCallback(prune_steps=1000).interval == 10
