@@ -13,7 +13,9 @@ DEMO_STAMP := $(DEMO_VENV)/.installed
 # command line, e.g. `make bench BENCH=fashion_mnist`.
 BENCH ?= $(basename $(notdir $(wildcard bench/*.py)))
 
-.PHONY: venv demo-venv test demo bench clean
+PEERS_STAMP := $(VENV)/.peers
+
+.PHONY: venv demo-venv peers test demo bench clean
 
 # PyTorch for the backend tests: this CPU build is on the CI machines' local
 # wheel directory (plain `torch` from PyPI is a multi-GB CUDA build). Set
@@ -39,6 +41,13 @@ $(STAMP): setup.py
 	test -z "$(TORCH)" || $(VPY) -m pip install "$(TORCH)"
 	touch $(STAMP)
 
+# PQuantML, the peer that bench/fpga_pquant.py runs, into the test venv.
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP)
+	$(VPY) -m pip install -e ".[peers]"
+	touch $(PEERS_STAMP)
+
 demo-venv: $(DEMO_STAMP)
 
 $(DEMO_STAMP): setup.py
@@ -55,7 +64,7 @@ test: venv
 demo: demo-venv
 	TF_CPP_MIN_LOG_LEVEL=2 $(DEMO_PY) -m keras_autopruner.study --preset demo
 
-bench: venv
+bench: venv peers
 	@test -n "$(BENCH)" || { echo "no scripts under bench/; nothing to run"; exit 1; }
 	for b in $(BENCH); do \
 		TF_CPP_MIN_LOG_LEVEL=2 $(VPY) bench/$$b.py || exit 1; \

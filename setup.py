@@ -47,6 +47,9 @@ setup(
         # Other Keras backends (KERAS_BACKEND=jax or torch). JAX's CPU build
         # comes from PyPI; for PyTorch pick the build for your machine
         # (PyPI's default Linux wheel carries CUDA).
+        # Peer tools for bench/fpga_pquant.py only (`make peers`); the
+        # package never imports them.
+        "peers": ["pquant-ml==0.1.0"],
         "jax": ["jax"],
         "torch": ["torch"],
     },

@@ -12,7 +12,9 @@ AutoPruner and stripped ("ours + HGQ2": during HGQ2 training with
 training, the same constant learning rate and the same data.
 
 It prints, per arm and beta, the mean and spread (standard deviation over
-seeds) of test accuracy, EBOPs (HGQ2's count after `trace_minmax`),
+seeds) of test accuracy, EBOPs (HGQ2's count after `trace_minmax`), EBOPs
+in training (HGQ2's count at the last training step, before calibration:
+the basis of PQuantML's count in `bench/fpga_pquant.py`),
 multiplications (kernel entries whose quantised value is not zero) and
 weight bits, and then which (arm, beta) points are beaten on both accuracy
 and EBOPs by a point of the other arm. A larger beta trades accuracy for
@@ -37,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 FLAGS = flags.FLAGS
 ARMS = (("full_hgq", "HGQ2 alone"), ("pruned_hgq", "ours + HGQ2"))
-FIGURES = ("accuracy", "ebops", "multiplications", "weight_bits")
+FIGURES = ("accuracy", "ebops", "ebops_training", "multiplications",
+           "weight_bits")
 
 
 def define_flags(fv=flags.FLAGS):
@@ -84,17 +87,19 @@ def summarise(results):
 
 def format_summary(summary):
     """The summary as aligned plain text, one line per (arm, beta)."""
-    header = ["arm", "beta", "accuracy", "EBOPs", "multiplications",
-              "weight bits", "seeds"]
+    header = ["arm", "beta", "accuracy", "EBOPs", "EBOPs in training",
+              "multiplications", "weight bits", "seeds"]
     lines = []
     names = dict(ARMS)
     for (arm, beta), entry in sorted(summary.items(),
                                      key=lambda kv: (kv[0][1], kv[0][0])):
         acc, ebops = entry["accuracy"], entry["ebops"]
         mults, bits = entry["multiplications"], entry["weight_bits"]
+        trained = entry["ebops_training"]
         lines.append([names[arm], f"{beta:g}",
                       f"{acc[0]:.4f} ± {acc[1]:.4f}",
                       f"{ebops[0]:,.0f} ± {ebops[1]:,.0f}",
+                      f"{trained[0]:,.0f} ± {trained[1]:,.0f}",
                       f"{mults[0]:,.0f} ± {mults[1]:,.0f}",
                       f"{bits[0]:,.0f} ± {bits[1]:,.0f}", str(acc[2])])
     widths = [max(len(r[i]) for r in [header] + lines)
@@ -135,8 +140,16 @@ def main(argv):
     for beta in (float(b) for b in FLAGS.betas):
         for seed in (int(s) for s in FLAGS.seeds):
             print(f"[fpga] beta {beta:g}, seed {seed}", flush=True)
+            out = os.path.join(FLAGS.out, f"beta{beta:g}_seed{seed}")
+            done = os.path.join(out, "results.json")
+            if os.path.exists(done):
+                # A rerun in the same folder reuses the runs it finished.
+                with open(done) as f:
+                    results.append(json.load(f))
+                print(example.format_table(results[-1]), flush=True)
+                continue
             result = example.run(
-                out=os.path.join(FLAGS.out, f"beta{beta:g}_seed{seed}"),
+                out=out,
                 rate=FLAGS.rate, flow=FLAGS.flow,
                 full_epochs=FLAGS.full_epochs,
                 prune_epochs=FLAGS.prune_epochs,

@@ -143,7 +143,9 @@ def quantised_figures(model, x_calibration):
         x_calibration: inputs for `trace_minmax` (the training rows).
 
     Returns:
-        A dict: `ebops` (HGQ2's count), `multiplications` (kernel entries
+        A dict: `ebops` (HGQ2's count), `ebops_training` (HGQ2's count at
+        the last training step, before calibration), `multiplications`
+        (kernel entries
         whose quantised value is not zero), `weight_bits` (the bits of
         every kernel entry and bias, as quantised) and `zero_bit_weights`
         (kernel entries HGQ2 pruned to 0 bits).
@@ -157,6 +159,11 @@ def quantised_figures(model, x_calibration):
     from hgq.layers import QDense
     from hgq.utils import trace_minmax
 
+    # The EBOPs of the last training step, from the learned bit-widths
+    # before calibration: the basis a tool without `trace_minmax` (such as
+    # PQuantML, bench/fpga_pquant.py) counts on.
+    trained = sum(float(keras.ops.convert_to_numpy(layer.ebops))
+                  for layer in model.layers if isinstance(layer, QDense))
     ebops = trace_minmax(model, x_calibration, batch_size=4096)
     mults = bits = zero = 0
     for layer in model.layers:
@@ -172,7 +179,8 @@ def quantised_figures(model, x_calibration):
             bbits = keras.ops.convert_to_numpy(
                 layer.bq.bits_(keras.ops.shape(layer.bias)))
             bits += float(np.sum(np.maximum(bbits, 0)))
-    return {"ebops": int(ebops), "multiplications": mults,
+    return {"ebops": int(ebops), "ebops_training": int(round(trained)),
+            "multiplications": mults,
             "weight_bits": int(round(bits)), "zero_bit_weights": zero}
 
 

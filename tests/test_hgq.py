@@ -173,6 +173,8 @@ def test_example_prunes_quantises_and_converts_bit_exact(tmp_path):
     assert pruned["widths"] == result["pruned_float"]["widths"]
     assert pruned["ebops"] < full["ebops"]
     assert pruned["weight_bits"] < full["weight_bits"]
+    # The count before calibration is HGQ2's own, from the trained bits.
+    assert 0 < pruned["ebops_training"] < full["ebops_training"]
     for row in (full, pruned):
         # HGQ2 + hls4ml's promise: the emulation is Keras, to the bit.
         assert row["hls4ml"]["rows"] == 300
