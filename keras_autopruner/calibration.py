@@ -28,14 +28,37 @@ def _all_layers(model):
     return out
 
 
+def _is_array(x):
+    return isinstance(x, np.ndarray) or (
+        hasattr(x, "shape") and hasattr(x, "__getitem__")
+        and not hasattr(x, "take"))
+
+
 def _batches(data, batch_size, max_batches):
-    """Input batches (no labels) from an array, `(x, y)` or an iterable."""
-    if isinstance(data, (tuple, list)) and data and not isinstance(
-            data[0], numbers.Number):
+    """Input batches (no labels), read as `fit` reads its data: a tuple is
+    `(x, y[, sample_weight])`; a list or dict of arrays is the inputs of a
+    multi-input model; anything else not an array is an iterable of
+    batches."""
+    if isinstance(data, tuple) and 1 <= len(data) <= 3:
         data = data[0]
-    if isinstance(data, np.ndarray) or (
-            hasattr(data, "shape") and hasattr(data, "__getitem__")
-            and not hasattr(data, "take")):
+    if isinstance(data, (list, dict)) and data:
+        parts = list(data.values()) if isinstance(data, dict) else data
+        if all(_is_array(p) for p in parts):
+            lengths = {len(p) for p in parts}
+            if len(lengths) != 1:
+                raise ValueError(
+                    "recalibrate_batch_norm: the inputs of a multi-input "
+                    f"model must have as many examples each; got {sorted(lengths)}.")
+            n = lengths.pop()
+            for start in range(0, min(n, batch_size * max_batches),
+                               batch_size):
+                cut = slice(start, start + batch_size)
+                if isinstance(data, dict):
+                    yield {k: np.asarray(v)[cut] for k, v in data.items()}
+                else:
+                    yield [np.asarray(v)[cut] for v in data]
+            return
+    if _is_array(data):
         x = np.asarray(data)
         for start in range(0, min(len(x), batch_size * max_batches),
                            batch_size):
@@ -44,7 +67,7 @@ def _batches(data, batch_size, max_batches):
     for count, item in enumerate(data):
         if count >= max_batches:
             return
-        yield item[0] if isinstance(item, (tuple, list)) else item
+        yield item[0] if isinstance(item, tuple) else item
 
 
 def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
@@ -66,8 +89,10 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
     Args:
         model: a Keras model (a stripped `PrunedModel`, a gated model with
             its choice made, or any model with `BatchNormalization`).
-        data: input examples: an array, an `(x, y)` tuple, or an iterable
-            of batches (a `tf.data.Dataset` of `x` or `(x, y)`).
+        data: input examples as `fit` takes them: an array, a list or
+            dict of arrays (a multi-input model), an `(x, y)` or
+            `(x, y, sample_weight)` tuple of those, or an iterable of
+            batches (a `tf.data.Dataset` of `x` or `(x, y)`).
         batch_size: batch size for arrays.
         max_batches: the most batches used.
 

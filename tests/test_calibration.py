@@ -129,3 +129,39 @@ def test_refusals_and_no_batch_norm():
     with pytest.raises(ValueError, match="positive whole"):
         kap.recalibrate_batch_norm(model, np.zeros((4, 6, 6, 2)),
                                    batch_size=0)
+
+
+def _two_input_net():
+    keras.utils.set_random_seed(4)
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    x = keras.layers.Concatenate()([keras.layers.Dense(5, name="da")(a),
+                                    keras.layers.Dense(5, name="db")(b)])
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    return keras.Model([a, b], keras.layers.Dense(2)(x))
+
+
+@pytest.mark.parametrize("form", ["list", "dict", "tuple_of_list"])
+def test_a_multi_input_model_takes_its_inputs_as_fit_does(form):
+    rng = np.random.default_rng(5)
+    xa = rng.normal(size=(40, 4)).astype("float32")
+    xb = rng.normal(3.0, 2.0, size=(40, 3)).astype("float32")
+    model = _two_input_net()
+    data = {"list": [xa, xb], "dict": {"a": xa, "b": xb},
+            "tuple_of_list": ([xa, xb], np.zeros(40, "int32"))}[form]
+    kap.recalibrate_batch_norm(model, data, batch_size=40)
+    probe = keras.Model(model.inputs,
+                        model.get_layer("bn").input)
+    seen = np.asarray(probe([xa, xb], training=False), "float64")
+    # Both inputs reached the batch norm: its statistics are those of the
+    # concatenation of both branches over all 40 examples.
+    np.testing.assert_allclose(_np(model.get_layer("bn").moving_mean),
+                               seen.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(model.get_layer("bn").moving_variance),
+                               seen.var(axis=0), rtol=1e-3, atol=1e-4)
+
+
+def test_multi_input_arrays_of_different_lengths_are_refused():
+    model = _two_input_net()
+    with pytest.raises(ValueError, match="as many examples"):
+        kap.recalibrate_batch_norm(
+            model, [np.zeros((4, 4), "float32"), np.zeros((5, 3), "float32")])
