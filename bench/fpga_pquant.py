@@ -31,7 +31,6 @@ PQuantML is not a dependency of the package: install it with
     .venv/bin/python bench/fpga_pquant.py --seeds=0,1 --betas=3e-6,1e-5,3e-5
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -70,11 +69,11 @@ def define_flags(fv=flags.FLAGS):
 
 
 def load_example():
-    path = os.path.join(ROOT, "examples", "fc_dnn_hgq.py")
-    spec = importlib.util.spec_from_file_location("fc_dnn_hgq", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """examples/fc_dnn_hgq.py, the float tagger the other arms start from."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import fc_dnn_hgq
+
+    return fc_dnn_hgq
 
 
 def matched_sparsity(widths, input_dim, num_classes, rate):

@@ -1,7 +1,7 @@
 """bench/fpga_pquant.py: the MAC-matched sparsity, and a clear refusal
 where PQuantML is not installed (CI does not install it)."""
 
-import importlib.util
+import importlib
 import os
 import sys
 
@@ -11,13 +11,10 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "fpga_pquant", os.path.join(ROOT, "bench", "fpga_pquant.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    return importlib.import_module("fpga_pquant")
 
 
 def macs(sizes):
