@@ -97,7 +97,7 @@ def cheap_layers(model, share=CHEAP):
         keep = [np.zeros(g.units) if j == i else np.ones(g.units)
                 for j, g in enumerate(cost.gates)]
         if cost.full - cost.cost(keep) < share * cost.full:
-            cheap.append(gate.name[:-len("_gate")])
+            cheap.append(gate.name.removesuffix("_gate"))
     return cheap
 
 

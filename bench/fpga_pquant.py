@@ -105,7 +105,6 @@ def pquant_run(seed, beta, sparsity):
     """One PQuantML run; returns its figures."""
     import keras
     import pquant
-    from pquant.core.keras.layers import PQDense
     from pquant.core.keras.train import PQuantCallback
 
     from keras_autopruner.datasets import load_tabular
@@ -172,50 +171,53 @@ def pquant_run(seed, beta, sparsity):
                epochs=callback.total_epochs, verbose=0, callbacks=[callback])
 
     logits = qmodel.predict(xt, batch_size=4096, verbose=0)
-    row = {"accuracy": float(np.mean(np.argmax(logits, -1) == yt)),
-           "ebops": float(keras.ops.convert_to_numpy(
-               pquant.get_ebops(qmodel))),
-           "ebops_kept": 0.0, "multiplications": 0, "weight_bits": 0.0,
-           "widths": []}
+    row = kept_figures(qmodel, x.shape[1])
+    row["accuracy"] = float(np.mean(np.argmax(logits, -1) == yt))
+    row["ebops"] = float(keras.ops.convert_to_numpy(pquant.get_ebops(qmodel)))
+    return row
+
+
+def kept_figures(qmodel, input_dim):
+    """Multiplications, weight bits, EBOPs, MACs and widths of a trained
+    PQuantML tagger, counted between the neurons it keeps."""
+    import keras
+    from pquant.core.keras.layers import PQDense
+
+    row = {"ebops_kept": 0.0, "multiplications": 0, "weight_bits": 0.0,
+           "macs": 0, "widths": []}
     # PDP masks a neuron's weights, not its bias: a pruned neuron outputs
     # a constant, which a later layer's bias could absorb. Counted here as
     # removed (the generous reading), so only kept inputs' weights count.
-    keep_in = np.ones(x.shape[1], bool)
-    macs = 0
+    keep_in = np.ones(input_dim, bool)
     for layer in qmodel.layers:
         if not isinstance(layer, PQDense):
             continue
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         # A neuron is kept when any of its quantised weights is not zero.
         keep = np.any(kernel != 0, axis=0)
+        bw = layer.weight_quantizer.get_total_bits(
+            keras.ops.shape(layer._kernel))
         if layer.enable_pruning:
             mask = keras.ops.convert_to_numpy(
                 layer.pruning_layer.get_hard_mask()).reshape(-1) > 0.5
             keep &= mask
-        bw = layer.weight_quantizer.get_total_bits(
-            keras.ops.shape(layer._kernel))
-        if layer.enable_pruning:
             bw = layer._masked_weight_bits(bw)
-        bw = np.maximum(keras.ops.convert_to_numpy(bw), 0)
-        bias_bits = np.maximum(keras.ops.convert_to_numpy(
+        bw = np.maximum(keras.ops.convert_to_numpy(bw), 0)[keep_in][:, keep]
+        bias_bits = np.broadcast_to(np.maximum(keras.ops.convert_to_numpy(
             layer.bias_quantizer.get_total_bits(
-                keras.ops.shape(layer._bias))), 0)
-        bias_bits = np.broadcast_to(bias_bits, keep.shape)
+                keras.ops.shape(layer._bias))), 0), keep.shape)
         bw_in = np.maximum(keras.ops.convert_to_numpy(
             layer.input_quantizer.get_total_bits(layer.input_shape)), 0)
-        bw_in = np.broadcast_to(bw_in.reshape(-1), keep_in.shape)
-        row["ebops_kept"] += float(
-            bw_in[keep_in] @ bw[keep_in][:, keep].sum(axis=1))
-        used = kernel[keep_in][:, keep]
-        row["multiplications"] += int(np.count_nonzero(used))
-        row["weight_bits"] += float(bw[keep_in][:, keep].sum()
-                                    + bias_bits[keep].sum())
+        bw_in = np.broadcast_to(bw_in.reshape(-1), keep_in.shape)[keep_in]
+        row["ebops_kept"] += float(bw_in @ bw.sum(axis=1))
+        row["multiplications"] += int(np.count_nonzero(
+            kernel[keep_in][:, keep]))
+        row["weight_bits"] += float(bw.sum() + bias_bits[keep].sum())
         row["widths"].append(int(keep.sum()))
-        macs += int(keep_in.sum()) * int(keep.sum())
+        row["macs"] += int(keep_in.sum()) * int(keep.sum())
         keep_in = keep
     row["weight_bits"] = int(round(row["weight_bits"]))
     row["ebops_kept"] = int(round(row["ebops_kept"]))
-    row["macs"] = macs
     return row
 
 

@@ -41,28 +41,22 @@ def _batches(data, batch_size, max_batches):
     batches."""
     if isinstance(data, tuple) and 1 <= len(data) <= 3:
         data = data[0]
-    if isinstance(data, (list, dict)) and data:
-        parts = list(data.values()) if isinstance(data, dict) else data
-        if all(_is_array(p) for p in parts):
-            lengths = {len(p) for p in parts}
-            if len(lengths) != 1:
-                raise ValueError(
-                    "recalibrate_batch_norm: the inputs of a multi-input "
-                    f"model must have as many examples each; got {sorted(lengths)}.")
-            n = lengths.pop()
-            for start in range(0, min(n, batch_size * max_batches),
-                               batch_size):
-                cut = slice(start, start + batch_size)
-                if isinstance(data, dict):
-                    yield {k: np.asarray(v)[cut] for k, v in data.items()}
-                else:
-                    yield [np.asarray(v)[cut] for v in data]
-            return
-    if _is_array(data):
-        x = np.asarray(data)
-        for start in range(0, min(len(x), batch_size * max_batches),
+    parts = (list(data.values()) if isinstance(data, dict)
+             else data if isinstance(data, list) else [data])
+    if parts and all(_is_array(p) for p in parts):
+        arrays = [np.asarray(p) for p in parts]
+        lengths = sorted({len(a) for a in arrays})
+        if len(lengths) != 1:
+            raise ValueError(
+                "recalibrate_batch_norm: the inputs of a multi-input model "
+                f"must have as many examples each; got {lengths}.")
+        for start in range(0, min(lengths[0], batch_size * max_batches),
                            batch_size):
-            yield x[start:start + batch_size]
+            cut = [a[start:start + batch_size] for a in arrays]
+            if isinstance(data, dict):
+                yield dict(zip(data, cut))
+            else:
+                yield cut if isinstance(data, list) else cut[0]
         return
     for count, item in enumerate(data):
         if count >= max_batches:
