@@ -42,8 +42,11 @@ setup(
         "test": ["pytest", "hypothesis"],
         "deploy": ["onnx", "tf2onnx", "onnxruntime", "hls4ml"],
         # Quantisation-aware training with learned bit-widths (HGQ2, pure
-        # Python, 125 kB) and its bit-exact hls4ml conversion.
-        "fpga": ["hgq2", "hls4ml"],
+        # Python, 125 kB), its bit-exact hls4ml conversion, and da4ml (the
+        # compiler behind hls4ml's distributed-arithmetic strategy: LUT and
+        # latency estimates without vendor tools), in the range hls4ml's
+        # own `da` extra asks for.
+        "fpga": ["hgq2", "hls4ml", "da4ml>=0.5.2,<0.6"],
         # Other Keras backends (KERAS_BACKEND=jax or torch). JAX's CPU build
         # comes from PyPI; for PyTorch pick the build for your machine
         # (PyPI's default Linux wheel carries CUDA).

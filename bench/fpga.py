@@ -15,8 +15,10 @@ It prints, per arm and beta, the mean and spread (standard deviation over
 seeds) of test accuracy, EBOPs (HGQ2's count after `trace_minmax`), EBOPs
 in training (HGQ2's count at the last training step, before calibration:
 the basis of PQuantML's count in `bench/fpga_pquant.py`),
-multiplications (kernel entries whose quantised value is not zero) and
-weight bits, and then which (arm, beta) points are beaten on both accuracy
+multiplications (kernel entries whose quantised value is not zero),
+weight bits, da4ml's LUT estimate and longest latency in adder levels
+(`examples/fc_dnn_hgq.py`, `da4ml_figures`; estimates, no vendor tool),
+and then which (arm, beta) points are beaten on both accuracy
 and EBOPs by a point of the other arm. A larger beta trades accuracy for
 EBOPs, so the betas give each arm a curve; compare at matched accuracy or
 matched EBOPs along it.
@@ -40,7 +42,9 @@ sys.path.insert(0, ROOT)
 FLAGS = flags.FLAGS
 ARMS = (("full_hgq", "HGQ2 alone"), ("pruned_hgq", "ours + HGQ2"))
 FIGURES = ("accuracy", "ebops", "ebops_training", "multiplications",
-           "weight_bits")
+           "weight_bits", "luts", "latency")
+# The settings a finished run must share with this invocation to be reused.
+SETTINGS = ("rate", "flow", "beta", "seed", "epochs", "train_examples")
 
 
 def define_flags(fv=flags.FLAGS):
@@ -79,8 +83,11 @@ def summarise(results):
     for result in results:
         for arm, _ in ARMS:
             entry = table.setdefault((arm, result["beta"]), {})
+            row = dict(result[arm])
+            row["luts"] = row["da4ml"]["luts"]
+            row["latency"] = row["da4ml"]["latency"][1]
             for figure in FIGURES:
-                entry.setdefault(figure, []).append(result[arm][figure])
+                entry.setdefault(figure, []).append(row[figure])
     return {key: {f: (float(np.mean(v)), float(np.std(v)), len(v))
                   for f, v in entry.items()} for key, entry in table.items()}
 
@@ -88,7 +95,8 @@ def summarise(results):
 def format_summary(summary):
     """The summary as aligned plain text, one line per (arm, beta)."""
     header = ["arm", "beta", "accuracy", "EBOPs", "EBOPs in training",
-              "multiplications", "weight bits", "seeds"]
+              "multiplications", "weight bits", "LUTs (da4ml)",
+              "latency (adder levels)", "seeds"]
     lines = []
     names = dict(ARMS)
     for (arm, beta), entry in sorted(summary.items(),
@@ -96,12 +104,15 @@ def format_summary(summary):
         acc, ebops = entry["accuracy"], entry["ebops"]
         mults, bits = entry["multiplications"], entry["weight_bits"]
         trained = entry["ebops_training"]
+        luts, latency = entry["luts"], entry["latency"]
         lines.append([names[arm], f"{beta:g}",
                       f"{acc[0]:.4f} ± {acc[1]:.4f}",
                       f"{ebops[0]:,.0f} ± {ebops[1]:,.0f}",
                       f"{trained[0]:,.0f} ± {trained[1]:,.0f}",
                       f"{mults[0]:,.0f} ± {mults[1]:,.0f}",
-                      f"{bits[0]:,.0f} ± {bits[1]:,.0f}", str(acc[2])])
+                      f"{bits[0]:,.0f} ± {bits[1]:,.0f}",
+                      f"{luts[0]:,.0f} ± {luts[1]:,.0f}",
+                      f"{latency[0]:.1f} ± {latency[1]:.1f}", str(acc[2])])
     widths = [max(len(r[i]) for r in [header] + lines)
               for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -127,6 +138,14 @@ def dominated(summary):
     return lines or ["no point is beaten on both accuracy and EBOPs"]
 
 
+def reusable(finished, wanted):
+    """Whether a finished run's results.json matches `wanted` settings and
+    holds every figure this bench reports."""
+    if any(finished.get(key) != value for key, value in wanted.items()):
+        return False
+    return all("da4ml" in (finished.get(arm) or {}) for arm, _ in ARMS)
+
+
 def main(argv):
     del argv
     try:
@@ -142,12 +161,24 @@ def main(argv):
             print(f"[fpga] beta {beta:g}, seed {seed}", flush=True)
             out = os.path.join(FLAGS.out, f"beta{beta:g}_seed{seed}")
             done = os.path.join(out, "results.json")
+            wanted = {"rate": FLAGS.rate, "flow": FLAGS.flow, "beta": beta,
+                      "seed": seed, "train_examples": FLAGS.train_examples,
+                      "epochs": {"full": FLAGS.full_epochs,
+                                 "prune": FLAGS.prune_epochs,
+                                 "finetune": FLAGS.finetune_epochs,
+                                 "qat": FLAGS.qat_epochs}}
             if os.path.exists(done):
-                # A rerun in the same folder reuses the runs it finished.
                 with open(done) as f:
-                    results.append(json.load(f))
-                print(example.format_table(results[-1]), flush=True)
-                continue
+                    finished = json.load(f)
+                if reusable(finished, wanted):
+                    # A rerun in the same folder reuses the runs it
+                    # finished with the same settings.
+                    results.append(finished)
+                    print(example.format_table(finished), flush=True)
+                    continue
+                print(f"[fpga] {done} was run with other settings (or "
+                      "without da4ml's figures): running it again",
+                      flush=True)
             result = example.run(
                 out=out,
                 rate=FLAGS.rate, flow=FLAGS.flow,
@@ -156,7 +187,7 @@ def main(argv):
                 finetune_epochs=FLAGS.finetune_epochs,
                 qat_epochs=FLAGS.qat_epochs, beta=beta,
                 train_examples=FLAGS.train_examples, hls4ml=False,
-                seed=seed, verbose=0)
+                da4ml=True, seed=seed, verbose=0)
             results.append(result)
             print(example.format_table(result), flush=True)
     summary = summarise(results)

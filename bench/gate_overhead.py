@@ -26,7 +26,9 @@ The pruning phase: `vgg_small`, trained `full_epochs` on the shipped
 Fashion-MNIST subset, is pruned with `AutoPrunerCallback` (global MAC
 budget, `stop_when_done`) at each rate of `phase_rates`; printed are the
 optimizer steps to done, the phase's wall time, and the wall time of as
-many plain training steps on the same data.
+many plain training steps on the same batches (so both retrace the
+training function at the same partial batch), each also without the
+steps that retraced.
 
     .venv/bin/python bench/gate_overhead.py [--nets=vgg_small,vgg16_32] \\
         [--xla=off,on] [--rounds=100] [--vgg16_rounds=6] [--blocks=3]
@@ -205,19 +207,59 @@ def print_steps(net, jit, blocks, rounds, args, base=None):
 
 
 class StepClock(keras.callbacks.Callback):
-    """Wall time from the first batch's end to the last's: every step but
-    the first (which traces the training function), callbacks included."""
+    """Each step's end time; with `stop_after`, stops `fit` after that many
+    steps.
 
-    def __init__(self):
+    `wall` runs from the first batch's end to the last's: every step but
+    the first (which traces the training function), callbacks included.
+    `traced` is the part of it spent in steps that took over `TRACED`
+    times the median step: the retrace `fit` does for a batch of a new
+    shape (an epoch's last, partial batch).
+    """
+
+    TRACED = 10.0
+
+    def __init__(self, stop_after=None):
         super().__init__()
         self.ends = []
+        self.stop_after = stop_after
 
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
+        if self.stop_after and len(self.ends) >= self.stop_after:
+            self.model.stop_training = True
+
+    @property
+    def steps(self):
+        return np.diff(self.ends)
 
     @property
     def wall(self):
         return self.ends[-1] - self.ends[0]
+
+    @property
+    def traced(self):
+        steps = self.steps
+        return float(np.sum(steps[steps > self.TRACED * np.median(steps)]))
+
+
+class TimedPruning(kap.AutoPrunerCallback):
+    """AutoPrunerCallback that adds up the wall time of its own batch hooks
+    (the control steps' reads, checks and writes)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        begin = time.perf_counter()
+        super().on_train_batch_begin(batch, logs)
+        self.seconds += time.perf_counter() - begin
+
+    def on_train_batch_end(self, batch, logs=None):
+        begin = time.perf_counter()
+        super().on_train_batch_end(batch, logs)
+        self.seconds += time.perf_counter() - begin
 
 
 def pruning_phase(args):
@@ -230,31 +272,41 @@ def pruning_phase(args):
     base.fit(x, y, batch_size=32, epochs=args.full_epochs, verbose=0)
     print(f"\nPruning phase: vgg_small on {n} Fashion-MNIST images, batch "
           f"32, after {args.full_epochs} epochs of training; at most "
-          f"{args.prune_epochs} epochs, stop_when_done. Wall: steps 2 to "
-          "the last, callbacks included")
-    print("| rate | steps to done | reason | pruning wall (s) | same steps "
-          "plain (s) | ratio |")
-    print("|---|---|---|---|---|---|")
+          f"{args.prune_epochs} epochs, stop_when_done. Plain: the same "
+          "network without gates, on the same batches, for as many steps. "
+          "Wall: steps 2 to the last, callbacks included; traced: the "
+          "part of it in steps that retraced the training function (a "
+          "partial batch); without: the wall less that; callback: the "
+          "time in AutoPrunerCallback's batch hooks")
+    print("| rate | steps to done | reason | pruning wall (s) | traced (s) "
+          "| same steps plain (s) | traced (s) | ratio | ratio without "
+          "traced steps | callback (s) | callback per step / plain step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rate in [float(r) for r in args.phase_rates]:
         keras.utils.set_random_seed(0)
         gated = compiled(kap.add_gates(base, rate, gate_map=args.gate_map),
                          False)
-        cb, clock = kap.AutoPrunerCallback(stop_when_done=True), StepClock()
+        cb, clock = TimedPruning(stop_when_done=True), StepClock()
         # The clock last: its batch end follows the pruning callback's.
         gated.fit(x, y, batch_size=32, epochs=args.prune_epochs, verbose=0,
                   callbacks=[cb, clock])
         steps = len(clock.ends)
         plain = compiled(keras.models.clone_model(base), False)
         plain.set_weights(base.get_weights())
-        plain_clock = StepClock()
-        reps = -(-steps * 32 // n)
-        xs, ys = np.concatenate([x] * reps), np.concatenate([y] * reps)
-        plain.fit(xs[:steps * 32], ys[:steps * 32], batch_size=32, epochs=1,
-                  verbose=0, callbacks=[plain_clock])
+        # The same batches in the same order of shapes, so that plain
+        # retraces where the gated run did.
+        plain_clock = StepClock(stop_after=steps)
+        plain.fit(x, y, batch_size=32, epochs=args.prune_epochs, verbose=0,
+                  callbacks=[plain_clock])
         reason = (cb.result or {}).get("reason", "not done")
+        pure = clock.wall - clock.traced
+        plain_pure = plain_clock.wall - plain_clock.traced
         print(f"| {rate} | {steps} | {reason} | {clock.wall:.1f} | "
-              f"{plain_clock.wall:.1f} | {clock.wall / plain_clock.wall:.3f} "
-              "|")
+              f"{clock.traced:.1f} | {plain_clock.wall:.1f} | "
+              f"{plain_clock.traced:.1f} | "
+              f"{clock.wall / plain_clock.wall:.3f} | "
+              f"{pure / plain_pure:.3f} | {cb.seconds:.2f} | "
+              f"{cb.seconds / plain_pure:.3f} |")
 
 
 def main(argv):

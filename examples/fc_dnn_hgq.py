@@ -27,7 +27,12 @@ Dense 64-32-32 with ReLU (`--widths`), on the shipped UCI Letter Recognition
 table by default (16 features, 26 classes) or on `--data_path`/`--label`.
 Each quantised model is calibrated with HGQ2's `trace_minmax`, converted
 with hls4ml's Keras 3 frontend, compiled to its C++ emulation with g++, and
-compared with Keras on every test row.
+compared with Keras on every test row. Each is also traced with da4ml, the
+compiler behind hls4ml's distributed-arithmetic strategy (`hls4ml[da]`),
+which estimates, without vendor tools, the logic a fully unrolled,
+multiplier-free implementation needs: LUTs (the adders' bits) and latency
+(adder levels); its own emulation is compared with Keras on every test row
+too.
 
     python examples/fc_dnn_hgq.py
     python examples/fc_dnn_hgq.py --flow=float --rate=0.3 --beta=3e-5
@@ -184,6 +189,53 @@ def quantised_figures(model, x_calibration):
             "weight_bits": int(round(bits)), "zero_bit_weights": zero}
 
 
+def da4ml_figures(model, x):
+    """da4ml's estimate of the logic an HGQ2 model needs, and its check.
+
+    HGQ2's tracer turns the calibrated model into fixed-point operations
+    and da4ml (the compiler behind hls4ml's distributed-arithmetic
+    strategy) rewrites every constant matrix-vector product as a shared
+    adder graph, with no multipliers. Its cost counts the adders' bits,
+    about one LUT each on a Xilinx FPGA; its latency counts adder levels
+    on the longest path (a combinational depth, not clock cycles). No
+    vendor tool runs: these are estimates, not synthesis results.
+
+    Args:
+        model: a calibrated HGQ2 model (after `trace_minmax`).
+        x: inputs on which da4ml's own emulation is compared with Keras.
+
+    Returns:
+        A dict: `luts` (da4ml's cost, rounded), `latency` ([shortest,
+        longest] adder levels over the outputs), `rows` and `bit_exact`
+        (rows whose every output equals Keras's).
+
+    Example:
+
+        da4ml_figures(qmodel, x_test)["luts"]
+    """
+    import keras
+    import numpy as np
+    from da4ml.converter import trace_model
+    from da4ml.trace import comb_trace
+
+    # da4ml picks its tracer by the model class's module: a stripped model
+    # is a `PrunedModel`, so it is traced as a plain functional model over
+    # the same layers.
+    plain = keras.Model(model.inputs, model.outputs)
+    inputs, outputs = trace_model(plain)
+    logic = comb_trace(inputs, outputs)
+    shortest, longest = logic.latency
+    x = np.ascontiguousarray(x, dtype="float32")
+    expected = np.asarray(model.predict(x, batch_size=4096, verbose=0),
+                          dtype="float64")
+    got = np.asarray(logic.predict(x.astype("float64")),
+                     dtype="float64").reshape(expected.shape)
+    return {"luts": int(round(logic.cost)),
+            "latency": [int(shortest), int(longest)],
+            "rows": int(len(x)),
+            "bit_exact": int(np.sum(np.all(got == expected, axis=-1)))}
+
+
 def convert(model, out_dir):
     """Converts an HGQ2 model with hls4ml and compiles its C++ emulation.
 
@@ -245,7 +297,7 @@ def run(data_path=None, label=None, out="runs/fc_dnn_hgq", rate=0.5,
         widths=WIDTHS, flow="qat", full_epochs=20, prune_epochs=20,
         finetune_epochs=10, qat_epochs=30, beta=1e-5, batch_size=256,
         learning_rate=3e-3, train_examples=None, test_examples=None,
-        hls4ml=True, seed=0, verbose=1):
+        hls4ml=True, da4ml=True, seed=0, verbose=1):
     """Train, prune, quantise and convert; return the comparison.
 
     After `full_epochs` of the float network, both arms get the same
@@ -275,6 +327,8 @@ def run(data_path=None, label=None, out="runs/fc_dnn_hgq", rate=0.5,
         train_examples: use only the first this many training rows.
         test_examples: use only the first this many test rows.
         hls4ml: convert the quantised models and count bit-exact rows.
+        da4ml: estimate the quantised models' LUTs and latency with da4ml
+            (`da4ml_figures`).
         seed: random seed.
         verbose: 0 silent, 1 progress lines.
 
@@ -331,6 +385,8 @@ def run(data_path=None, label=None, out="runs/fc_dnn_hgq", rate=0.5,
         row = quantised_figures(model, x)
         row.update(accuracy=accuracy(model), widths=_widths(model),
                    macs=int(kap.count_flops(model).total))
+        if da4ml:
+            row["da4ml"] = da4ml_figures(model, xt)
         if hls4ml:
             begin = time.time()
             hls_model = convert(model, os.path.join(out, name))
@@ -343,6 +399,7 @@ def run(data_path=None, label=None, out="runs/fc_dnn_hgq", rate=0.5,
     say(f"[hgq] full float network {_widths(full)}, {full_epochs} epochs")
     fit(full, full_epochs)
     result = {"flow": flow, "rate": rate, "beta": beta, "seed": seed,
+              "train_examples": train_examples,
               "epochs": {"full": full_epochs, "prune": prune_epochs,
                          "finetune": finetune_epochs, "qat": qat_epochs}}
     result["full_float"] = float_row(full)
@@ -397,18 +454,22 @@ ROWS = (("full_float", "full, float"), ("pruned_float", "pruned, float"),
 def format_table(result):
     """The four models of `run`'s result as aligned plain text."""
     header = ["model", "neurons", "accuracy", "EBOPs", "multiplications",
-              "weight bits", "bit-exact rows"]
+              "weight bits", "LUTs (da4ml)", "latency (adder levels)",
+              "bit-exact rows (da4ml)", "bit-exact rows (hls4ml)"]
     lines = []
     for key, name in ROWS:
         row = result.get(key)
         if row is None:
             continue
-        exact = row.get("hls4ml")
+        exact, da = row.get("hls4ml"), row.get("da4ml")
         lines.append([
             name, "-".join(str(w) for w in row["widths"]),
             f"{row['accuracy']:.4f}",
             "-" if row["ebops"] is None else f"{row['ebops']:,}",
             f"{row['multiplications']:,}", f"{row['weight_bits']:,}",
+            f"{da['luts']:,}" if da else "-",
+            "{}-{}".format(*da["latency"]) if da else "-",
+            f"{da['bit_exact']}/{da['rows']}" if da else "-",
             f"{exact['bit_exact']}/{exact['rows']}" if exact else "-"])
     widths = [max(len(r[i]) for r in [header] + lines)
               for i in range(len(header))]
@@ -440,7 +501,8 @@ def main(argv):
         finetune_epochs=f.finetune_epochs, qat_epochs=f.qat_epochs,
         beta=f.beta, batch_size=f.batch_size,
         learning_rate=f.learning_rate, train_examples=f.train_examples,
-        test_examples=f.test_examples, hls4ml=f.hls4ml, seed=f.seed,
+        test_examples=f.test_examples, hls4ml=f.hls4ml, da4ml=f.da4ml,
+        seed=f.seed,
         verbose=f.verbose)
 
 
@@ -476,6 +538,9 @@ def define_flags(fv=None):
                          "use only the first this many test rows", **kw)
     flags.DEFINE_bool("hls4ml", True, "convert with hls4ml and count "
                       "bit-exact test rows (--nohls4ml: skip)", **kw)
+    flags.DEFINE_bool("da4ml", True, "estimate LUTs and latency with da4ml "
+                      "and count its bit-exact test rows (--noda4ml: skip)",
+                      **kw)
     flags.DEFINE_integer("seed", 0, "random seed", **kw)
     flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress lines", **kw)
 

@@ -312,17 +312,17 @@ class AutoPrunerGate(keras.layers.Layer):
     def mask(self, threshold=None):
         """The hard 0/1 keep mask as a NumPy bool array."""
         t = self.threshold if threshold is None else threshold
-        return keras.ops.convert_to_numpy(self.moving_code) > t
+        return self.moving_code.numpy() > t
 
     def scores(self):
         """Moving codes as NumPy floats: how much each channel is wanted."""
-        return keras.ops.convert_to_numpy(self.moving_code)
+        return self.moving_code.numpy()
 
     def ranking(self):
         """Moving logits as NumPy floats: the order in which channels are
         kept. Unlike the codes they do not saturate at 0 or 1, so they still
         separate channels once alpha has made the codes binary."""
-        return keras.ops.convert_to_numpy(self.moving_logit)
+        return self.moving_logit.numpy()
 
     def set_mask(self, mask):
         """Make `mask` (bool per channel) this gate's final choice: codes

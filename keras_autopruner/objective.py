@@ -1,6 +1,5 @@
 """The pruning term L_pru and the kept fraction it drives."""
 
-import keras
 import numpy as np
 
 from keras_autopruner import budget as budget_lib
@@ -95,8 +94,9 @@ class PruningObjective:
         """The per-gate rates the global budget settled on, or None."""
         if self.budget != "global":
             return None
-        rates = np.array([float(keras.ops.convert_to_numpy(g.alloc))
-                          for g in gates])
+        # `Variable.numpy()`: half the cost of `ops.convert_to_numpy`, and
+        # this runs several times per control step.
+        rates = np.array([float(g.alloc.numpy()) for g in gates])
         return rates if np.all(rates >= 0) else None
 
     def allocate(self, gates, codes=None):

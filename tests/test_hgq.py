@@ -147,21 +147,42 @@ def test_conv_and_batch_norm_with_random_masks_strip_exactly():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_example_prunes_quantises_and_converts_bit_exact(tmp_path):
-    # examples/fc_dnn_hgq.py in smoke form: tiny epochs, a few rows, and
-    # both quantised models through hls4ml's C++ emulation.
+def _example():
     import importlib.util
     import os
-    import shutil
 
-    pytest.importorskip("hls4ml")
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not on the PATH: hls4ml compiles with it")
     path = os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "examples", "fc_dnn_hgq.py")
     spec = importlib.util.spec_from_file_location("fc_dnn_hgq", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_da4ml_estimates_the_stripped_hgq2_model_bit_exact(pruned):
+    # The qat flow hands da4ml the stripped model itself, a PrunedModel.
+    pytest.importorskip("da4ml")
+    full, _, compact, x, _ = pruned
+    from keras_autopruner.pruned_model import PrunedModel
+
+    assert isinstance(compact, PrunedModel)
+    example = _example()
+    small = example.da4ml_figures(compact, x[:200])
+    large = example.da4ml_figures(full, x[:200])
+    assert small["bit_exact"] == small["rows"] == 200
+    assert large["bit_exact"] == 200
+    assert 0 < small["luts"] < large["luts"]
+
+
+def test_example_prunes_quantises_and_converts_bit_exact(tmp_path):
+    # examples/fc_dnn_hgq.py in smoke form: tiny epochs, a few rows, and
+    # both quantised models through hls4ml's C++ emulation.
+    import shutil
+
+    pytest.importorskip("hls4ml")
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on the PATH: hls4ml compiles with it")
+    example = _example()
     # The float flow: it also covers to_hgq (the qat flow's steps are the
     # tests above).
     result = example.run(out=str(tmp_path), widths=(16, 8), flow="float",
@@ -179,4 +200,11 @@ def test_example_prunes_quantises_and_converts_bit_exact(tmp_path):
         # HGQ2 + hls4ml's promise: the emulation is Keras, to the bit.
         assert row["hls4ml"]["rows"] == 300
         assert row["hls4ml"]["bit_exact"] == 300, row["hls4ml"]
+        # da4ml's adder graph computes the same, and has a positive cost
+        # and depth.
+        assert row["da4ml"]["bit_exact"] == row["da4ml"]["rows"] == 300
+        assert row["da4ml"]["luts"] > 0
+        assert 0 < row["da4ml"]["latency"][0] <= row["da4ml"]["latency"][1]
+    # Fewer neurons and fewer weight bits: less logic.
+    assert pruned["da4ml"]["luts"] < full["da4ml"]["luts"]
     assert "ours + HGQ2" in example.format_table(result)
