@@ -43,8 +43,6 @@ FLAGS = flags.FLAGS
 ARMS = (("full_hgq", "HGQ2 alone"), ("pruned_hgq", "ours + HGQ2"))
 FIGURES = ("accuracy", "ebops", "ebops_training", "multiplications",
            "weight_bits", "luts", "latency")
-# The settings a finished run must share with this invocation to be reused.
-SETTINGS = ("rate", "flow", "beta", "seed", "epochs", "train_examples")
 
 
 def define_flags(fv=flags.FLAGS):

@@ -26,9 +26,9 @@ The pruning phase: `vgg_small`, trained `full_epochs` on the shipped
 Fashion-MNIST subset, is pruned with `AutoPrunerCallback` (global MAC
 budget, `stop_when_done`) at each rate of `phase_rates`; printed are the
 optimizer steps to done, the phase's wall time, and the wall time of as
-many plain training steps on the same batches (so both retrace the
-training function at the same partial batch), each also without the
-steps that retraced.
+many plain training steps on the same batches, each also without its
+stalls (steps over 10x the median: a retrace of the training function,
+or the machine's load).
 
     .venv/bin/python bench/gate_overhead.py [--nets=vgg_small,vgg16_32] \\
         [--xla=off,on] [--rounds=100] [--vgg16_rounds=6] [--blocks=3]
@@ -213,8 +213,8 @@ class StepClock(keras.callbacks.Callback):
     `wall` runs from the first batch's end to the last's: every step but
     the first (which traces the training function), callbacks included.
     `traced` is the part of it spent in steps that took over `TRACED`
-    times the median step: the retrace `fit` does for a batch of a new
-    shape (an epoch's last, partial batch).
+    times the median step: a retrace of the training function, or a stall
+    of the machine.
     """
 
     TRACED = 10.0
@@ -275,8 +275,8 @@ def pruning_phase(args):
           f"{args.prune_epochs} epochs, stop_when_done. Plain: the same "
           "network without gates, on the same batches, for as many steps. "
           "Wall: steps 2 to the last, callbacks included; traced: the "
-          "part of it in steps that retraced the training function (a "
-          "partial batch); without: the wall less that; callback: the "
+          "part of it in steps over 10x the median (a retrace or a "
+          "stall); without: the wall less that; callback: the "
           "time in AutoPrunerCallback's batch hooks")
     print("| rate | steps to done | reason | pruning wall (s) | traced (s) "
           "| same steps plain (s) | traced (s) | ratio | ratio without "
@@ -293,8 +293,7 @@ def pruning_phase(args):
         steps = len(clock.ends)
         plain = compiled(keras.models.clone_model(base), False)
         plain.set_weights(base.get_weights())
-        # The same batches in the same order of shapes, so that plain
-        # retraces where the gated run did.
+        # The same batches in the same order as the gated run.
         plain_clock = StepClock(stop_after=steps)
         plain.fit(x, y, batch_size=32, epochs=args.prune_epochs, verbose=0,
                   callbacks=[plain_clock])

@@ -206,15 +206,15 @@ def da4ml_figures(model, x):
 
     Returns:
         A dict: `luts` (da4ml's cost, rounded), `latency` ([shortest,
-        longest] adder levels over the outputs), `rows` and `bit_exact`
-        (rows whose every output equals Keras's).
+        longest] adder levels over the outputs), and `bit_exact_rows`'s
+        comparison of da4ml's emulation with Keras (`rows`, `bit_exact`,
+        ...).
 
     Example:
 
         da4ml_figures(qmodel, x_test)["luts"]
     """
     import keras
-    import numpy as np
     from da4ml.converter import trace_model
     from da4ml.trace import comb_trace
 
@@ -225,15 +225,9 @@ def da4ml_figures(model, x):
     inputs, outputs = trace_model(plain)
     logic = comb_trace(inputs, outputs)
     shortest, longest = logic.latency
-    x = np.ascontiguousarray(x, dtype="float32")
-    expected = np.asarray(model.predict(x, batch_size=4096, verbose=0),
-                          dtype="float64")
-    got = np.asarray(logic.predict(x.astype("float64")),
-                     dtype="float64").reshape(expected.shape)
     return {"luts": int(round(logic.cost)),
             "latency": [int(shortest), int(longest)],
-            "rows": int(len(x)),
-            "bit_exact": int(np.sum(np.all(got == expected, axis=-1)))}
+            **bit_exact_rows(model, logic, x)}
 
 
 def convert(model, out_dir):
@@ -264,12 +258,13 @@ def convert(model, out_dir):
     return hls_model
 
 
-def bit_exact_rows(model, hls_model, x):
-    """Test rows on which hls4ml's emulation equals Keras to the bit.
+def bit_exact_rows(model, emulation, x):
+    """Test rows on which an emulation of `model` equals Keras to the bit.
 
     Args:
         model: the Keras model.
-        hls_model: its compiled hls4ml model.
+        emulation: anything with `predict(x)`: its compiled hls4ml model,
+            or da4ml's logic for it.
         x: inputs.
 
     Returns:
@@ -285,7 +280,7 @@ def bit_exact_rows(model, hls_model, x):
     x = np.ascontiguousarray(x, dtype="float32")
     expected = np.asarray(model.predict(x, batch_size=4096, verbose=0),
                           dtype="float64")
-    got = np.asarray(hls_model.predict(x), dtype="float64").reshape(
+    got = np.asarray(emulation.predict(x), dtype="float64").reshape(
         expected.shape)
     return {"rows": int(len(x)),
             "bit_exact": int(np.sum(np.all(got == expected, axis=-1))),
