@@ -25,8 +25,16 @@ study. Only AutoPruner's procedure differs:
   control under 5% of the MACs (its own and its consumers' share of
   them; on vgg_small only `fc1`, 2.1%): under a MAC budget cutting it
   saves little, and `bn`, which cannot cut `fc1`, tied AutoPruner;
-- `l1`, `random`: one-shot cuts of the full model at the same budget,
-  `prune_epochs` at the training rate then the low rate (the references).
+- `l1`, `random`, `bn`: one-shot cuts of the full model at the same
+  budget, `prune_epochs` at the training rate then the low rate (the
+  references);
+- `<variant>_kd` (e.g. `fast_kd`, `l1_kd`, `bn_kd`): the variant with
+  every fit after the full model trained on soft targets (knowledge
+  distillation from the seed's trained full model, which every method
+  here starts from): `(1 - kd_alpha) * one_hot(y) + kd_alpha *
+  p_full^(1/T)` renormalised, `T = --kd_temperature`, cross-entropy. The
+  teacher's probabilities are computed once on the (unaugmented) training
+  images. Accuracy is measured as without it.
 
 Printed: per variant, accuracy after the cut / choice and final accuracy,
 per seed and their mean, and paired differences to `l1`.
@@ -46,7 +54,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 VARIANTS = ("stop", "stop_bn", "train_on", "fast", "fast_bn",
-            "fast_cheap_whole", "l1", "random")
+            "fast_cheap_whole", "l1", "random", "bn")
+CRITERIA = ("l1", "random", "bn")
+KD = "_kd"
 # The controller's settings varied one at a time on `fast`: the callback's
 # keyword arguments for each.
 CONTROLLER_VARIANTS = {
@@ -77,6 +87,12 @@ def define_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_integer("finetune_epochs", 2,
                          "epochs at the fine-tuning rate", flag_values=fv)
+    flags.DEFINE_float("kd_alpha", 0.5,
+                       "weight of the full model's soft targets in `_kd`",
+                       flag_values=fv)
+    flags.DEFINE_float("kd_temperature", 2.0,
+                       "temperature of the soft targets in `_kd`",
+                       flag_values=fv)
     flags.DEFINE_float("fast_epochs", 1.0,
                        "most epochs of pushing in the fast variants",
                        flag_values=fv)
@@ -140,9 +156,16 @@ def _autopruner(study, rate, seed, prune_steps, train_on, bn,
 def _criterion(study, rate, seed, name):
     import keras_autopruner as kap
 
+    from keras_autopruner.study.methods import without_batch_norm
+
     c = study.config
-    compact = kap.prune(study.full_model(seed), importance=name,
-                        target_rate=rate)
+    full = study.full_model(seed)
+    # As in the study: |gamma| cannot rank a layer without batch norm
+    # behind it, so such layers stay whole.
+    exclude = (without_batch_norm(full, study.prunable_units(full))
+               if name == "bn" else None)
+    compact = kap.prune(full, importance=name, target_rate=rate,
+                        exclude=exclude or None)
     study.compile(compact)
     _, cut = study.evaluate(compact)
     study.train(compact, c.prune_epochs + c.finetune_epochs, seed,
@@ -152,10 +175,64 @@ def _criterion(study, rate, seed, name):
             "epochs": c.prune_epochs + c.finetune_epochs}
 
 
-def run_variant(study, name, rate, seed, fast_epochs):
+class Distilled:
+    """`study` with every fit on soft targets from the full model of `seed`.
+
+    Stands in for the study in `_autopruner` and `_criterion`: `compile`,
+    `fit`, `train` and `evaluate` are its own, the rest is the study's.
+    Needs the study's training data as arrays.
+    """
+
+    def __init__(self, study, seed, alpha, temperature):
+        self._study = study
+        x, y = study.data._train
+        teacher = study.full_model(seed)
+        p = teacher.predict(x, batch_size=512, verbose=0).astype("float64")
+        soft = np.power(np.maximum(p, 1e-12), 1.0 / temperature)
+        soft /= soft.sum(axis=1, keepdims=True)
+        onehot = np.eye(p.shape[1])[np.asarray(y).astype(int)]
+        self._train = (x, ((1 - alpha) * onehot + alpha * soft)
+                       .astype("float32"))
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def compile(self, model):
+        import keras
+
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.config.learning_rate),
+            loss="categorical_crossentropy",
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=self.config.jit_compile)
+
+    def fit(self, model, *args, **kwargs):
+        data = self._study.data
+        labels = data._train
+        data._train = self._train
+        try:
+            return self._study.fit(model, *args, **kwargs)
+        finally:
+            data._train = labels
+
+    def train(self, model, epochs, seed, prefix, low_epochs=0):
+        self.compile(model)
+        return self.fit(model, epochs, seed, prefix,
+                        low_from=epochs - low_epochs if low_epochs else None)
+
+    def evaluate(self, model):
+        x, y = self._study.data._test
+        p = model.predict(x, batch_size=self.config.batch_size, verbose=0)
+        return float("nan"), float(np.mean(np.argmax(p, 1) == y))
+
+
+def run_variant(study, name, rate, seed, fast_epochs, kd=None):
+    if name.endswith(KD):
+        return run_variant(Distilled(study, seed, *kd), name[:-len(KD)],
+                           rate, seed, fast_epochs)
     steps = study.steps_per_epoch()
     c = study.config
-    if name in ("l1", "random"):
+    if name in CRITERIA:
         return _criterion(study, rate, seed, name)
     if name not in VARIANTS and name not in CONTROLLER_VARIANTS:
         raise ValueError(f"Unknown variant {name!r}; choose from "
@@ -201,7 +278,8 @@ def main(argv):
                     continue
                 keras.utils.set_random_seed(1000 * seed + 7)
                 t = time.time()
-                r = run_variant(study, name, rate, seed, args.fast_epochs)
+                r = run_variant(study, name, rate, seed, args.fast_epochs,
+                                kd=(args.kd_alpha, args.kd_temperature))
                 r["s"] = round(time.time() - t, 1)
                 results[key] = r
                 print(key, json.dumps(r), flush=True)
