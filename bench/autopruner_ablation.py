@@ -181,10 +181,22 @@ class Distilled:
     Stands in for the study in `_autopruner` and `_criterion`: `compile`,
     `fit`, `train` and `evaluate` are its own, the rest is the study's.
     Needs the study's training data as arrays.
+
+    Args:
+        study: a prepared `Study` whose full model of `seed` has run.
+        seed: whose trained full model is the teacher.
+        alpha: weight of the teacher's soft targets (0: the labels).
+        temperature: soft targets are `p ** (1 / temperature)`,
+            renormalised.
     """
 
     def __init__(self, study, seed, alpha, temperature):
         self._study = study
+        if callable(study.data._train):
+            raise ValueError(
+                "The `_kd` variants need the study's training data as "
+                "arrays (the demo's Fashion-MNIST); this study reads a "
+                "tf.data pipeline.")
         x, y = study.data._train
         teacher = study.full_model(seed)
         p = teacher.predict(x, batch_size=512, verbose=0).astype("float64")
@@ -226,7 +238,7 @@ class Distilled:
         return float("nan"), float(np.mean(np.argmax(p, 1) == y))
 
 
-def run_variant(study, name, rate, seed, fast_epochs, kd=None):
+def run_variant(study, name, rate, seed, fast_epochs, kd=(0.5, 2.0)):
     if name.endswith(KD):
         return run_variant(Distilled(study, seed, *kd), name[:-len(KD)],
                            rate, seed, fast_epochs)

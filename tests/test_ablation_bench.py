@@ -61,3 +61,15 @@ def test_distilled_fit_trains_on_the_targets_and_measures_as_the_study(
                               axis=1))
     assert entropy > 0.1 and history["loss"][0] >= entropy - 1e-3
     assert study.data._train is labels
+
+
+def test_distillation_refuses_a_pipeline(trained):
+    bench, study = trained
+    data = study.data
+    arrays = data._train
+    data._train = lambda seed: None
+    try:
+        with pytest.raises(ValueError, match="as arrays"):
+            bench.Distilled(study, 0, 0.5, 2.0)
+    finally:
+        data._train = arrays
