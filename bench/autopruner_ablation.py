@@ -28,6 +28,23 @@ study. Only AutoPruner's procedure differs:
 - `l1`, `random`, `bn`: one-shot cuts of the full model at the same
   budget, `prune_epochs` at the training rate then the low rate (the
   references);
+- allocation against selection, which of the two the learned choice
+  gains or loses by:
+  - `l1_at_fast`, `random_at_fast`, `bn_at_fast`: a one-shot cut (as
+    `l1`, `random`, `bn`) at the per-layer widths `fast` chose for the
+    same seed and rate (run `fast` first), the channels of each layer by
+    the criterion (`bn`: by L1 in a layer without batch norm behind it);
+  - `fast_at_l1`: `fast`'s gates, pushed as in `fast` for
+    `ceil(fast_epochs)` epochs, then cut by their own ranking (the moving
+    logits) to the widths `l1` chose (run `l1` first), the one-shot
+    criteria's allocation; the network then trains for the epochs left as
+    in `fast`;
+  - `fast_then_ap`, `fast_then_bn`, `fast_then_l1`: `fast`'s pushing for
+    `ceil(fast_epochs)` epochs and the widths the gates chose, then the
+    pushed network's channels of each layer chosen by the gates' ranking
+    (`ap`: `fast` through the same path, the control), by |gamma| or by
+    L1; stripped and trained for the epochs left. Same epochs as every
+    other variant: AutoPruner's allocation with another selection;
 - `<variant>_kd` (e.g. `fast_kd`, `l1_kd`, `bn_kd`): the variant with
   every fit after the full model trained on soft targets (knowledge
   distillation from the seed's trained full model, which every method
@@ -54,8 +71,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 VARIANTS = ("stop", "stop_bn", "train_on", "fast", "fast_bn",
-            "fast_cheap_whole", "l1", "random", "bn")
+            "fast_cheap_whole", "l1", "random", "bn",
+            "l1_at_fast", "random_at_fast", "bn_at_fast", "fast_at_l1",
+            "fast_then_ap", "fast_then_bn", "fast_then_l1")
 CRITERIA = ("l1", "random", "bn")
+AT = "_at_"
+THEN = "fast_then_"
 KD = "_kd"
 # The controller's settings varied one at a time on `fast`: the callback's
 # keyword arguments for each.
@@ -150,7 +171,8 @@ def _autopruner(study, rate, seed, prune_steps, train_on, bn,
             "steps": callback.result["steps"],
             "reason": callback.result["reason"],
             "binary": callback.result["binary"],
-            "share": kap.cost_share(gated, "flops")}
+            "share": kap.cost_share(gated, "flops"),
+            "widths": _widths(compact)}
 
 
 def _criterion(study, rate, seed, name):
@@ -172,7 +194,130 @@ def _criterion(study, rate, seed, name):
                 "ablation", c.finetune_epochs)
     _, acc = study.evaluate(compact)
     return {"cut": cut, "accuracy": acc,
-            "epochs": c.prune_epochs + c.finetune_epochs}
+            "epochs": c.prune_epochs + c.finetune_epochs,
+            "share": _share(compact, full), "widths": _widths(compact)}
+
+
+def _widths(model):
+    from keras_autopruner import models
+
+    return {k: int(v) for k, v in models.widths_of(model).items()}
+
+
+def _share(compact, full):
+    from keras_autopruner.metrics import count_flops
+
+    return count_flops(compact).total / count_flops(full).total
+
+
+def masks_at_widths(gates, scores, widths):
+    """`{gate name: bool mask}` keeping the `widths[layer]` best-scoring
+    channels of each gate's layer (ties: the lower index)."""
+    masks = {}
+    for gate in gates:
+        layer = gate.name.removesuffix("_gate")
+        if layer not in widths:
+            raise ValueError(
+                f"The source run has no width for {layer!r}; it gated "
+                f"{sorted(widths)}.")
+        k = int(widths[layer])
+        if not 1 <= k <= gate.units:
+            raise ValueError(f"{layer!r} has {gate.units} channels; cannot "
+                             f"keep {k}.")
+        best = np.argsort(-np.asarray(scores[gate.name], np.float64),
+                          kind="stable")
+        mask = np.zeros(gate.units, bool)
+        mask[best[:k]] = True
+        masks[gate.name] = mask
+    return masks
+
+
+def _scores(name, gated, seed):
+    """Channel scores of criterion `name` for every gate of `gated`
+    (`"autopruner"`: the gates' moving logits). `bn` ranks a layer with no
+    batch norm behind it by L1: only the order within a layer counts
+    where the widths are given."""
+    from keras_autopruner import importance
+    from keras_autopruner.gate import gates_of
+    from keras_autopruner.study.methods import without_batch_norm
+
+    gates = gates_of(gated)
+    if name == "random":
+        return importance.RandomImportance(seed=seed).scores(gated, gates)
+    if name != "bn":
+        return importance.get(name).scores(gated, gates)
+    plain = set(without_batch_norm(gated, [g.name.removesuffix("_gate")
+                                           for g in gates]))
+    by_l1 = [g for g in gates if g.name.removesuffix("_gate") in plain]
+    scores = importance.get("l1").scores(gated, by_l1)
+    scores.update(importance.get("bn").scores(
+        gated, [g for g in gates if g not in by_l1]))
+    return scores
+
+
+def _at_widths(study, rate, seed, name, widths):
+    """A one-shot cut by criterion `name` that keeps `widths[layer]`
+    channels of each gated layer (its best by the criterion), trained as
+    the criteria are."""
+    import keras_autopruner as kap
+    from keras_autopruner.gate import gates_of
+
+    c = study.config
+    full = study.full_model(seed)
+    gated = kap.add_gates(full, target_rate=rate)
+    gates = gates_of(gated)
+    masks = masks_at_widths(gates, _scores(name, gated, seed), widths)
+    compact = kap.strip(full, keep={g.name.removesuffix("_gate"): masks[g.name]
+                                    for g in gates})
+    study.compile(compact)
+    _, cut = study.evaluate(compact)
+    study.train(compact, c.prune_epochs + c.finetune_epochs, seed,
+                "ablation", c.finetune_epochs)
+    _, acc = study.evaluate(compact)
+    return {"cut": cut, "accuracy": acc,
+            "epochs": c.prune_epochs + c.finetune_epochs,
+            "share": _share(compact, full), "widths": _widths(compact)}
+
+
+def _fast_then(study, rate, seed, fast_epochs, widths=None,
+               criterion="autopruner"):
+    """`fast`'s pushing for `ceil(fast_epochs)` epochs, then the pushed
+    network cut by `criterion` to `widths[layer]` channels a layer (None:
+    the widths the gates chose), stripped and trained for the epochs
+    left, the last `finetune_epochs` at the low rate."""
+    import keras_autopruner as kap
+    from keras_autopruner.gate import gates_of
+
+    c = study.config
+    push = int(np.ceil(fast_epochs))
+    if push >= c.prune_epochs:
+        raise ValueError(
+            f"The fast_* cuts push for {push} epochs and need some of the "
+            f"{c.prune_epochs} prune epochs left to train the cut network.")
+    full = study.full_model(seed)
+    gated = kap.add_gates(full, target_rate=rate)
+    study.compile(gated)
+    callback = kap.AutoPrunerCallback(
+        prune_steps=max(1, int(fast_epochs * study.steps_per_epoch())))
+    study.fit(gated, push, seed, "ablation", callbacks=[callback])
+    _, chosen = study.evaluate(gated)
+    gates = gates_of(gated)
+    if widths is None:
+        widths = {g.name.removesuffix("_gate"): int(np.sum(g.mask()))
+                  for g in gates}
+    masks = masks_at_widths(gates, _scores(criterion, gated, seed), widths)
+    for gate in gates:
+        gate.set_mask(masks[gate.name])
+    compact = kap.strip(gated)
+    study.compile(compact)
+    _, cut = study.evaluate(compact)
+    left = c.prune_epochs - push + c.finetune_epochs
+    study.train(compact, left, seed, "ablation", c.finetune_epochs)
+    _, acc = study.evaluate(compact)
+    return {"cut": cut, "chosen": chosen, "accuracy": acc,
+            "epochs": push + left, "steps": callback.result["steps"],
+            "reason": callback.result["reason"],
+            "share": _share(compact, full), "widths": _widths(compact)}
 
 
 class Distilled:
@@ -238,10 +383,13 @@ class Distilled:
         return float("nan"), float(np.mean(np.argmax(p, 1) == y))
 
 
-def run_variant(study, name, rate, seed, fast_epochs, kd=(0.5, 2.0)):
+def run_variant(study, name, rate, seed, fast_epochs, kd=(0.5, 2.0),
+                results=None):
+    """Run variant `name`; `results` (by `"name|rate|seed"`) holds the
+    runs whose widths an `_at_` variant takes."""
     if name.endswith(KD):
         return run_variant(Distilled(study, seed, *kd), name[:-len(KD)],
-                           rate, seed, fast_epochs)
+                           rate, seed, fast_epochs, results=results)
     steps = study.steps_per_epoch()
     c = study.config
     if name in CRITERIA:
@@ -249,6 +397,21 @@ def run_variant(study, name, rate, seed, fast_epochs, kd=(0.5, 2.0)):
     if name not in VARIANTS and name not in CONTROLLER_VARIANTS:
         raise ValueError(f"Unknown variant {name!r}; choose from "
                          f"{VARIANTS + tuple(CONTROLLER_VARIANTS)}.")
+    if AT in name:
+        criterion, source = name.split(AT)
+        run = (results or {}).get(f"{source}|{rate}|{seed}")
+        if run is None or "widths" not in run:
+            raise ValueError(
+                f"{name} takes the widths of the {source!r} run at rate "
+                f"{rate}, seed {seed}, and there is none (with widths) in "
+                f"the results: list {source!r} before {name!r}.")
+        if criterion == "fast":
+            return _fast_then(study, rate, seed, fast_epochs, run["widths"])
+        return _at_widths(study, rate, seed, criterion, run["widths"])
+    if name.startswith(THEN):
+        return _fast_then(study, rate, seed, fast_epochs,
+                          criterion=name[len(THEN):].replace(
+                              "ap", "autopruner"))
     fast = name.startswith("fast")
     prune_steps = (max(1, int(fast_epochs * steps)) if fast
                    else c.prune_epochs * steps)
@@ -291,7 +454,8 @@ def main(argv):
                 keras.utils.set_random_seed(1000 * seed + 7)
                 t = time.time()
                 r = run_variant(study, name, rate, seed, args.fast_epochs,
-                                kd=(args.kd_alpha, args.kd_temperature))
+                                kd=(args.kd_alpha, args.kd_temperature),
+                                results=results)
                 r["s"] = round(time.time() - t, 1)
                 results[key] = r
                 print(key, json.dumps(r), flush=True)
