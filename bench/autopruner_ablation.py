@@ -180,7 +180,6 @@ def _criterion(study, rate, seed, name):
 
     from keras_autopruner.study.methods import without_batch_norm
 
-    c = study.config
     full = study.full_model(seed)
     # As in the study: |gamma| cannot rank a layer without batch norm
     # behind it, so such layers stay whole.
@@ -188,6 +187,14 @@ def _criterion(study, rate, seed, name):
                if name == "bn" else None)
     compact = kap.prune(full, importance=name, target_rate=rate,
                         exclude=exclude or None)
+    return _train_cut(study, compact, full, seed)
+
+
+def _train_cut(study, compact, full, seed):
+    """Train a one-shot cut of `full` for every epoch after the full
+    model, as the criteria are; its accuracy after the cut and at the
+    end, MAC share and widths."""
+    c = study.config
     study.compile(compact)
     _, cut = study.evaluate(compact)
     study.train(compact, c.prune_epochs + c.finetune_epochs, seed,
@@ -262,21 +269,13 @@ def _at_widths(study, rate, seed, name, widths):
     import keras_autopruner as kap
     from keras_autopruner.gate import gates_of
 
-    c = study.config
     full = study.full_model(seed)
     gated = kap.add_gates(full, target_rate=rate)
     gates = gates_of(gated)
     masks = masks_at_widths(gates, _scores(name, gated, seed), widths)
     compact = kap.strip(full, keep={g.name.removesuffix("_gate"): masks[g.name]
                                     for g in gates})
-    study.compile(compact)
-    _, cut = study.evaluate(compact)
-    study.train(compact, c.prune_epochs + c.finetune_epochs, seed,
-                "ablation", c.finetune_epochs)
-    _, acc = study.evaluate(compact)
-    return {"cut": cut, "accuracy": acc,
-            "epochs": c.prune_epochs + c.finetune_epochs,
-            "share": _share(compact, full), "widths": _widths(compact)}
+    return _train_cut(study, compact, full, seed)
 
 
 def _fast_then(study, rate, seed, fast_epochs, widths=None,
