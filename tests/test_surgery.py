@@ -11,26 +11,12 @@ from hypothesis import strategies as st
 import keras_autopruner as kap
 from keras_autopruner.gate import AutoPrunerGate, gates_of
 from keras_autopruner.objective import PruningObjective
+from random_graphs import randomize_batch_norms
 
 L = keras.layers
 
 
 # Helpers.
-
-def randomize_batch_norms(model, rng):
-    """Non-trivial batch-norm parameters and statistics, so that a wrong
-    slice or a lost shift shows in the outputs."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            randomize_batch_norms(layer, rng)
-        elif isinstance(layer, L.BatchNormalization):
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, w.shape).astype("float32")
-                if v.name in ("gamma", "moving_variance")
-                else rng.normal(0, 0.5, w.shape).astype("float32")
-                for v, w in zip(layer.weights, layer.get_weights())
-            ])
-
 
 def set_masks(gated, rng, keep=0.5):
     """Random 0/1 codes, at least one channel kept per gate; hard masks on."""

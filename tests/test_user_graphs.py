@@ -15,6 +15,7 @@ import keras_autopruner as kap
 from keras_autopruner.budget import CostModel
 from keras_autopruner.gate import gates_of
 
+import random_graphs
 import user_graphs
 
 CASES = {
@@ -147,3 +148,63 @@ def test_a_shared_layer_whose_calls_cannot_take_one_cut_is_left_out():
     gated.get_layer("head_gate").set_mask(np.array([1, 0, 1, 1], bool))
     notes = " ".join(kap.strip(gated).pruning_report.notes)
     assert "Not gated" in notes and "shared (" in notes
+
+
+# Random graphs over many layer types (tests/random_graphs.py).
+
+RANDOM_SEEDS = range(24)
+
+
+def test_random_graph_seeds_cover_the_layer_types():
+    seen = set()
+    for seed in RANDOM_SEEDS:
+        seen |= random_graphs.layer_types(random_graphs.random_model(seed))
+        keras.backend.clear_session()
+    assert random_graphs.LAYER_TYPES <= seen, sorted(
+        random_graphs.LAYER_TYPES - seen)
+
+
+def _as_list(y):
+    return [keras.ops.convert_to_numpy(t)
+            for t in (y if isinstance(y, (list, tuple)) else [y])]
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_graph_gates_strips_exactly_and_counts(seed):
+    """Whatever add_gates accepts, strip cuts exactly; cost_share is the
+    stripped model's counts; prune never goes over its MAC budget."""
+    model = random_graphs.random_model(seed)
+    rng = np.random.default_rng(seed)
+    random_graphs.randomize_batch_norms(model, rng)
+    gated = kap.add_gates(model, 0.5)
+    gates = gates_of(gated)
+    assert gates, kap.plan(model, 0.5).table()
+    for gate in gates:
+        mask = rng.random(gate.units) < 0.5
+        mask[rng.integers(gate.units)] = True
+        gate.set_mask(mask)
+    share = kap.cost_share(gated)
+    compact = kap.strip(gated)
+    assert not [layer for layer in compact.layers
+                if isinstance(layer, kap.AutoPrunerGate)]
+    xs = [rng.normal(size=(4,) + tuple(i.shape[1:])).astype("float32")
+          for i in model.inputs]
+    x = xs if len(xs) > 1 else xs[0]
+    for want, got in zip(_as_list(gated(x, training=False)),
+                         _as_list(compact(x))):
+        assert want.shape == got.shape
+        scale = float(np.max(np.abs(want)))
+        assert scale > 0, "degenerate case: the gated model outputs zeros"
+        assert np.max(np.abs(want - got)) <= 1e-4 * scale
+    flops, params = kap.count_flops(model), kap.count_params(model)
+    assert params == model.count_params()
+    assert share["flops"] == pytest.approx(kap.count_flops(compact) / flops)
+    assert share["params"] == pytest.approx(
+        kap.count_params(compact) / params)
+    # A MAC budget half way between the cheapest cut and the full model.
+    one = {g.name: np.arange(g.units) == 0 for g in gates}
+    rate = (kap.cost_share(gated, "flops", masks=one) + 1.0) / 2
+    pruned = kap.prune(model, importance="l1", target_rate=rate,
+                       objective=kap.PruningObjective("global",
+                                                      weighting="flops"))
+    assert kap.count_flops(pruned) <= rate * flops
