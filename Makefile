@@ -61,8 +61,12 @@ test: venv
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(VPY) -m pytest -q $(JAX_TESTS) \
 		-k "not $(JAX_SKIP)"
 
+# Training processes at once: the demo's small network keeps about one core
+# busy per process (BUILD_NOTES: "--jobs"), so 2 fits 2 cores.
+DEMO_JOBS ?= 2
+
 demo: demo-venv
-	TF_CPP_MIN_LOG_LEVEL=2 $(DEMO_PY) -m keras_autopruner.study --preset demo
+	TF_CPP_MIN_LOG_LEVEL=2 $(DEMO_PY) -m keras_autopruner.study --preset demo --jobs=$(DEMO_JOBS)
 
 bench: venv peers
 	@test -n "$(BENCH)" || { echo "no scripts under bench/; nothing to run"; exit 1; }

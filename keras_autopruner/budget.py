@@ -203,9 +203,19 @@ class _Means:
 
 
 def _flop_counts(model):
-    from keras_autopruner.metrics import count_flops
+    from keras_autopruner.metrics import UnknownSizeError, count_flops
 
-    return dict(count_flops(model).per_layer)
+    try:
+        return dict(count_flops(model).per_layer)
+    except UnknownSizeError as error:
+        raise UnknownSizeError(error.where, error.shape, fix=(
+            "A MAC budget is a share of a count that depends on those "
+            "sizes. Budget parameters instead (PruningObjective('global', "
+            "weighting='params')) or channels (weighting='filters', or "
+            "objective='layer'), which do not depend on them; or build the "
+            "model with a fixed example shape, e.g. keras.Input((100, 4)), "
+            "and load the trained weights into it (a Dense or convolution's "
+            "weights fit any length).")) from None
 
 
 def _place(parts, a_in, a_out):

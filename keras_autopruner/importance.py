@@ -382,7 +382,15 @@ def prunable_layer(gated, gate):
 
 
 def filter_weights(layer, units):
-    """The layer's kernel as a (fan_in, units) array: one column a filter."""
+    """The layer's kernel as a (fan_in, units) array: one column a filter.
+
+    A wrapper (`TimeDistributed`) is read through the layer it wraps.
+    """
+    from keras_autopruner import registry
+
+    record = registry.lookup(type(layer))  # the class's: unspecialised
+    if record is not None and record.inner is not None:
+        return filter_weights(record.inner(layer), units)
     kind = type(layer).__name__
     if getattr(layer, "pointwise_kernel", None) is not None:
         w, axis = layer.pointwise_kernel, -1

@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_autopruner.budget import CostModel
 from keras_autopruner.gate import gates_of
+from keras_autopruner.metrics import UnknownSizeError
 
 WEIGHTINGS = ("filters", "flops", "params")
 
@@ -175,7 +176,10 @@ def cost_share(gated, weighting=None, *, masks=None):
 
     Returns:
         A dict `{"filters": float, "flops": float, "params": float}`, or
-        the one float when `weighting` is given.
+        the one float when `weighting` is given. For a model with sizes
+        unknown until it runs (`keras.Input((None, 4))`) the dict's
+        `"flops"` is None, and `weighting="flops"` raises
+        `UnknownSizeError` (a ValueError).
 
     Example:
 
@@ -211,6 +215,12 @@ def cost_share(gated, weighting=None, *, masks=None):
         chosen[name] = mask
     shares = {}
     for w in ([weighting] if weighting else WEIGHTINGS):
-        cost = CostModel(gated, w)
+        try:
+            cost = CostModel(gated, w)
+        except UnknownSizeError:
+            if weighting:
+                raise
+            shares[w] = None  # sizes known only when the model runs
+            continue
         shares[w] = float(cost.share([chosen[g.name] for g in cost.gates]))
     return shares[weighting] if weighting else shares

@@ -275,15 +275,44 @@ def _rule_for(layer):
     return None if record is None else record.flops
 
 
+class UnknownSizeError(ValueError):
+    """A size other than the batch is not known, so MACs cannot be counted.
+
+    `where` names the layer, `shape` is its tensor's shape.
+    """
+
+    def __init__(self, where, shape, fix=None):
+        self.where, self.shape = where, shape
+        super().__init__(
+            f"The input or output of {where} has shape {shape}, with an "
+            "unknown size other than the batch. " + (fix or (
+                "Pass the example shape, e.g. count_flops(model, "
+                "input_shape=(224, 224, 3)).")))
+
+
 def _example_shape(tensor, where):
     shape = tuple(tensor.shape)
-    if any(d is None for d in shape[1:]):
-        raise ValueError(
-            f"The input or output of {where} has shape {shape}, with an "
-            "unknown size other than the batch. Pass the example shape, "
-            "e.g. count_flops(model, input_shape=(224, 224, 3))."
-        )
+    if not _known(tensor):
+        raise UnknownSizeError(where, shape)
     return (1,) + tuple(int(d) for d in shape[1:])
+
+
+def _known(tensor):
+    return all(d is not None for d in tuple(tensor.shape)[1:])
+
+
+def _run_on_zeros(op, call, refs, actual):
+    """The outputs of one call run on zeros of the actual input shapes.
+
+    For a layer that declares sizes it cannot infer (an `EinsumDense`
+    built with `output_shape=(None, 6)`, say) although its inputs have
+    every size: running it on one example of zeros gives the real ones.
+    """
+    zeros = {id(ref): keras.ops.zeros((1,) + tuple(a.shape[1:]), a.dtype)
+             for ref, a in zip(refs, actual)}
+    args, kwargs = call.fill_in(zeros)
+    return [keras.KerasTensor(tuple(out.shape), dtype=out.dtype)
+            for out in keras.tree.flatten(op(*args, **kwargs))]
 
 
 def _same_example_shape(a, b):
@@ -318,6 +347,10 @@ def _walk(model, inputs, prefix, result):
             args, kwargs = call.fill_in(tensors)
             actual_out = keras.tree.flatten(
                 op.compute_output_spec(*args, **kwargs))
+        if not nested and not all(map(_known, actual_out)) and all(
+                _known(tensors[id(x)]) for x in refs):
+            actual_out = _run_on_zeros(op, call, refs,
+                                       [tensors[id(x)] for x in refs])
         for ref, actual in zip(call.outputs, actual_out):
             tensors[id(ref)] = actual
         if not nested:

@@ -47,6 +47,7 @@ import numpy as np
 
 from keras_autopruner import registry, tracing
 from keras_autopruner.gate import AutoPrunerGate, check_rate
+from keras_autopruner.metrics import UnknownSizeError
 
 
 @dataclasses.dataclass
@@ -300,7 +301,10 @@ def _trial(flat, candidates, include_output):
         row_of[name].reason = ""
     # What a gate controls: what goes when it and the gates its channels
     # are coupled with (by Add, Multiply, ...) all zero every channel.
-    cost = CostModel(trial, "flops")
+    try:
+        cost = CostModel(trial, "flops")
+    except UnknownSizeError:
+        return  # Sizes known only when the model runs: no MAC shares.
     for g in cost.gates:
         together = {h.name for h in cost.gates
                     if groups[h.name] & groups[g.name]}

@@ -127,7 +127,7 @@ def summary(gated, compact, notes=None):
         print(summary(gated, compact))
     """
     after = {layer.name: layer for layer in compact.layers}
-    macs_after = metrics.count_flops(compact).per_layer
+    macs_after = _macs(compact)
     rows, gates = [], {"count": 0, "params": 0, "macs": 0}
     if gated is None:
         before, macs_before = {}, {}
@@ -135,7 +135,7 @@ def summary(gated, compact, notes=None):
     else:
         flat = tracing.flat(gated)
         before = {layer.name: layer for layer in flat.layers}
-        macs_before = metrics.count_flops(flat).per_layer
+        macs_before = _macs(flat)
         order = list(flat.layers)
     for layer in order:
         if registry.is_input_layer(layer):
@@ -161,12 +161,14 @@ def summary(gated, compact, notes=None):
                                 "macs_before", "macs_after")):
             rows.append(row)
     params_after = metrics.count_params(compact)
-    macs_total_after = sum(macs_after.values())
+    # A model of variable sizes has no MAC count (None), only parameters.
+    macs_total_after = sum(macs_after.values()) if macs_after else None
     if gated is None:
         params_before = macs_total_before = None
     else:
         params_before = metrics.count_params(flat) - gates["params"]
-        macs_total_before = sum(macs_before.values()) - gates["macs"]
+        macs_total_before = (sum(macs_before.values()) - gates["macs"]
+                             if macs_before else None)
     totals = {
         "params_before": params_before,
         "params_after": params_after,
@@ -186,6 +188,14 @@ def _filters(layer):
     if layer is None or not registry.is_prunable(layer):
         return None
     return registry.width_of(layer)
+
+
+def _macs(model):
+    """MACs per layer, or {} where sizes are unknown until the model runs."""
+    try:
+        return metrics.count_flops(model).per_layer
+    except metrics.UnknownSizeError:
+        return {}
 
 
 def _ratio(before, after):

@@ -154,6 +154,19 @@ def test_conv_filter_norms_are_per_output_channel():
         np.abs(kernel).sum(axis=(0, 1, 2)), rtol=1e-6)
 
 
+def test_filter_norms_read_a_wrapped_layer_through_its_wrapper():
+    x = keras.Input((10, 4))
+    h = keras.layers.TimeDistributed(keras.layers.Dense(6), name="td")(x)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    gated = kap.add_gates(model, 0.5)
+    gate = gated.get_layer("td_gate")
+    kernel = keras.ops.convert_to_numpy(model.get_layer("td").layer.kernel)
+    np.testing.assert_allclose(
+        imp.L1Norm().scores(gated, [gate])[gate.name],
+        np.abs(kernel).sum(axis=0), rtol=1e-6)
+
+
 def test_batch_norm_scale_is_abs_gamma_and_refuses_layers_without_one():
     model = randomised(conv_net())
     bn = model.get_layer("c1_bn")

@@ -21,14 +21,16 @@ intervals, findings), `paired.csv`,
 Modules:
 - `config`   `StudyConfig`, `PRESETS`, `make_config`, `run_key`
 - `runner`   `Study`: the loop, stored runs, helpers the methods use
+- `jobs`     the runs and what each reads; `--jobs N` worker processes
 - `methods`  one function per method and `RUNNERS`, name -> function
 - `report`   tables and findings; `plots`: the two figures
 - `latency`  batch-1 latency and batch-256 throughput, side by side
 - `cli`      the flags of `python -m keras_autopruner.study`
 
 Run it with `python -m keras_autopruner.study --preset demo` (what
-`make demo` does); `--helpfull` lists the flags; `--shard i/n` and
-`--merge` split it over array jobs.
+`make demo` does); `--helpfull` lists the flags; `--jobs N` trains N
+runs at once on one machine; `--shard i/n` and `--merge` split it over
+array jobs.
 
 Example:
 

@@ -7,4 +7,7 @@ Flags left out keep the preset's values; `--helpfull` lists every flag.
 
 from keras_autopruner.study.cli import run_app
 
-run_app()
+# `--jobs` workers are spawned processes, which import this module again
+# under another name: only the command line itself may run the study.
+if __name__ == "__main__":
+    run_app()

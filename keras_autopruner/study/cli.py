@@ -49,6 +49,10 @@ def define_flags(fv=flags.FLAGS):
                         "i/n: run only every n-th (seed, rate) unit from "
                         "the i-th (0-based), for array jobs; no report",
                         flag_values=fv)
+    flags.DEFINE_integer("jobs", 1,
+                         "train in this many local worker processes at "
+                         "once (each gets cores/jobs threads); the runs "
+                         "are the same as with 1", flag_values=fv)
     flags.DEFINE_bool("merge", False,
                       "train nothing: write the report from the runs "
                       "stored in --out (after the shards)", flag_values=fv)
@@ -161,7 +165,7 @@ def run_from_flags(fv):
         config, out = config_from_flags(fv)
         study = Study(config, out, verbose=fv.verbose, export=fv.export,
                       shard=fv.shard)
-        study.run()
+        study.run(jobs=fv.jobs)
         if study.shard is not None:
             print(f"Shard {fv.shard} done in {time.time() - start:.0f} s; "
                   f"runs in {os.path.abspath(os.path.join(out, 'runs'))}.")

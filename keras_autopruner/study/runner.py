@@ -57,6 +57,7 @@ class Study:
         self.verbose = int(verbose)
         self.export = bool(export)
         self._data = data
+        self._given_data = data is not None
         self.shard = check_shard(shard)
         self.ran, self.skipped = [], []
         self._template = None
@@ -262,26 +263,36 @@ class Study:
         return self.data.steps_per_epoch(self.config.batch_size)
 
     # -- the loop --
-    def run(self):
+    def run(self, jobs=1):
         """Run every missing (method, rate, seed) and write the outputs.
+
+        Args:
+            jobs: train in this many local worker processes (see
+                `keras_autopruner.study.jobs`); 1 trains in this process.
+                The report is written here after the last run either way.
 
         Returns:
             The results table as a pandas DataFrame (one row per method and
-            rate).
+            rate), or None for a shard.
         """
-        from keras_autopruner.study.methods import RUNNERS
+        from keras_autopruner.study.jobs import run_in_processes, tasks
 
+        jobs = check_jobs(jobs)
+        if jobs > 1 and self._given_data:
+            raise ValueError(
+                "jobs > 1 starts worker processes that load the data from "
+                "the config; a Study given data= cannot hand its data to "
+                "them. Use jobs=1, or describe the data in the config "
+                "(dataset=..., data_path=...).")
         self.prepare()
-        c = self.config
         t0 = time.time()
         log(f"output folder: {os.path.abspath(self.out)}")
-        for seed, rate in self.units():
-            self.run_method("full", None, seed)
-            for method in RUNNERS:
-                # AutoPruner always runs: the baselines need its result.
-                if method == "autopruner" or (
-                        method != "full" and method in c.methods):
-                    self.run_method(method, rate, seed)
+        if jobs > 1:
+            run_in_processes(self, jobs)
+        else:
+            # AutoPruner always runs: the baselines need its result.
+            for task in tasks(self):
+                self.run_method(task.method, task.rate, task.seed)
         log(f"training finished in {time.time() - t0:.0f} s "
             f"({len(self.ran)} runs trained, {len(self.skipped)} reused)")
         if self.shard is not None:
@@ -543,6 +554,18 @@ class Study:
         self.reported_runs = runs
         return write_report(runs, self.config, self.out, self.data.name,
                             model_name=self.model_spec)
+
+
+def check_jobs(jobs):
+    """`jobs` as an int of at least 1, or a ValueError that says so."""
+    try:
+        value = int(jobs)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or value != jobs:
+        raise ValueError(f"jobs={jobs!r}: give a whole number of worker "
+                         "processes, at least 1 (1: train in this process).")
+    return value
 
 
 def check_shard(shard):
