@@ -187,6 +187,11 @@ class _Builder:
                 h = L.GlobalAveragePooling2D(name=self.name("gap"))(h)
             else:
                 h = L.GlobalMaxPooling1D(name=self.name("gmp"))(h)
+        return self.head(inputs, h)
+
+    def head(self, inputs, h):
+        """A Dense layer, then one or two outputs: the model."""
+        r = self.r
         h = L.Dense(r.randint(2, 6), activation=r.choice(["relu", "tanh"]),
                     name=self.name("fc"))(h)
         # A random bias keeps the outputs away from 0 when few units live.
@@ -468,13 +473,7 @@ class _Extended(_Builder):
                          if kind == "conv2d" else
                          [L.GlobalMaxPooling1D, L.GlobalAveragePooling1D])
                 h = r.choice(pools)(name=self.name("gpool"))(h)
-        h = L.Dense(r.randint(2, 6), activation=r.choice(["relu", "tanh"]),
-                    name=self.name("fc"))(h)
-        outs = [L.Dense(3, bias_initializer="random_normal", name="out")(h)]
-        if r.random() < 0.2:
-            outs.append(L.Dense(2, bias_initializer="random_normal",
-                                name="out2")(h))
-        return keras.Model(inputs, outs if len(outs) > 1 else outs[0])
+        return self.head(inputs, h)
 
 
 def random_model_extended(seed):
