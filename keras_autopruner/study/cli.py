@@ -51,8 +51,9 @@ def define_flags(fv=flags.FLAGS):
                         flag_values=fv)
     flags.DEFINE_integer("jobs", 1,
                          "train in this many local worker processes at "
-                         "once (each gets cores/jobs threads); the runs "
-                         "are the same as with 1", flag_values=fv)
+                         "once (each gets cores/jobs threads); each run is "
+                         "seeded as with 1, but another thread count "
+                         "rounds differently", flag_values=fv)
     flags.DEFINE_bool("merge", False,
                       "train nothing: write the report from the runs "
                       "stored in --out (after the shards)", flag_values=fv)
