@@ -13,7 +13,14 @@ compiled models run `train_on_batch` on the same batch:
   gives: the step time pruning is for;
 - floor: the network with, where the gates go, only a multiply by a fixed
   per-channel vector (`--floor`): what any gate that multiplies the
-  channels costs at least, without fusion.
+  channels costs at least, without fusion;
+- folded (`--folded`, vgg_small only): a hand-built probe of a gate that
+  never multiplies the activation. Each gate's code (the pushing gate's
+  own pool, map, sigmoid, moving state and loss term, without the phase
+  conditional) scales the input channels of the next layer's kernel
+  instead, which computes the same function, since max pooling, dropout
+  and flattening commute with a positive per-channel scale. It is not
+  what `add_gates` builds: it measures what such a design would cost.
 
 They are timed in interleaved rounds, one step of each per round in a
 random order, so that load on the machine hits all of them alike; the rounds
@@ -78,6 +85,8 @@ def define_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_bool("floor", False, "also time the fixed-multiply floor",
                       flag_values=fv)
+    flags.DEFINE_bool("folded", False, "also time the folded-gate probe "
+                      "(vgg_small)", flag_values=fv)
     flags.DEFINE_string("gate_map", "auto", "add_gates' gate_map",
                         flag_values=fv)
     flags.DEFINE_list("phase_rates", ["0.5", "0.25", "0.12"],
@@ -125,6 +134,80 @@ def with_floor(model):
     return out
 
 
+class CodeOnly(AutoPrunerGate):
+    """The pushing gate's learning step, returning its code, not the
+    product (the folded probe)."""
+
+    def call(self, inputs, training=False):
+        logits = self.compute_logits(inputs)
+        code = keras.ops.sigmoid(keras.ops.convert_to_tensor(self.alpha)
+                                 * logits)
+        m = self.momentum
+        self.code.assign(code)
+        self.moving_code.assign(m * self.moving_code + (1 - m) * code)
+        self.moving_logit.assign(m * self.moving_logit + (1 - m) * logits)
+        self.add_loss(keras.ops.convert_to_tensor(self.coef) * keras.ops.square(
+            keras.ops.mean(code) - keras.ops.convert_to_tensor(self.center)))
+        return code
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[-1],)
+
+
+class ScaledInputs(keras.layers.Layer):
+    """`layer(x)` with the kernel's input rows scaled by `code`, tiled
+    `repeat` times (a Dense behind a Flatten reads each channel at every
+    position)."""
+
+    def __init__(self, layer, repeat=1, **kwargs):
+        super().__init__(**kwargs)
+        self.layer, self.repeat = layer, repeat
+
+    def build(self, input_shape):
+        self.layer.build(input_shape)
+
+    def call(self, x, code):
+        layer = self.layer
+        scale = keras.ops.tile(code, (self.repeat,)) if self.repeat > 1 \
+            else code
+        kernel = layer.kernel * scale[:, None]
+        if isinstance(layer, keras.layers.Conv2D):
+            y = keras.ops.conv(x, kernel, strides=layer.strides,
+                               padding=layer.padding)
+        else:
+            y = keras.ops.matmul(x, kernel)
+        if layer.use_bias:
+            y = y + layer.bias
+        return layer.activation(y)
+
+
+def folded_vgg_small(widths=models.VGG_SMALL_WIDTHS):
+    """vgg_small, pushing, with every gate folded into the next kernel."""
+    L = keras.layers
+    inputs = keras.Input((28, 28, 1))
+    x, code = inputs, None
+    convs = [f"block{b}_conv{i}" for b in (1, 2) for i in (1, 2)]
+    for i, name in enumerate(convs):
+        conv = L.Conv2D(widths[name], 3, padding="same", use_bias=False)
+        x = conv(x) if code is None else ScaledInputs(conv)(x, code)
+        x = L.BatchNormalization(momentum=models.BN_MOMENTUM)(x)
+        x = L.ReLU()(x)
+        code = CodeOnly(0.5)(x)
+        if i % 2:
+            x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    fc1 = L.Dense(widths["fc1"], activation="relu")
+    x = ScaledInputs(fc1, repeat=7 * 7)(x, code)
+    code = CodeOnly(0.5)(x)
+    x = L.Dropout(0.3)(x)
+    outputs = ScaledInputs(L.Dense(10, activation="softmax"))(x, code)
+    model = keras.Model(inputs, outputs)
+    for g in gates_of(model):
+        g.phase.assign(1.0)
+        g.coef.assign(1.0)
+    return model
+
+
 def gate_share(net, gate_map):
     """Gate parameters / model parameters, for one gated model."""
     gated = kap.add_gates(NETS[net]["build"](), 0.5, gate_map=gate_map)
@@ -169,6 +252,8 @@ def time_steps(net, jit, args):
             "gated, done": done, "ceiling (kept widths)": spec["build"](half)}
     if args.floor:
         runs["floor (fixed multiply)"] = with_floor(spec["build"]())
+    if args.folded and net == "vgg_small":
+        runs["folded probe (code into next kernel)"] = folded_vgg_small()
     for model in runs.values():
         compiled(model, jit)
     for _ in range(args.warmup):

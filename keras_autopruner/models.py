@@ -450,17 +450,28 @@ APPLICATION_FAMILIES = {
 }
 
 
+def application_names():
+    """Every model `keras.applications` exports (40 in Keras 3.15)."""
+    return sorted(n for n in dir(keras.applications) if n[:1].isupper())
+
+
 def application(name, classes=10):
-    """An untrained `keras.applications` model of `APPLICATION_FAMILIES`.
+    """An untrained `keras.applications` model at a small input: its size
+    in `APPLICATION_FAMILIES`, 32x32 for the models not listed there.
+
+    Args:
+        name: one of `application_names()`, e.g. `"ResNet101"`.
+        classes: output classes (the top is built, without its softmax).
 
     Returns:
         `(model, size)`: the model, without its preprocessing layers, and
         its input size (the input is `(size, size, 3)`).
     """
-    if name not in APPLICATION_FAMILIES:
+    if name not in application_names():
         raise ValueError(f"application: unknown model {name!r}; choose one "
-                         f"of {sorted(APPLICATION_FAMILIES)}.")
-    size = APPLICATION_FAMILIES[name]
+                         f"of {application_names()}.")
+    # The models that need more than 32x32 are all family representatives.
+    size = APPLICATION_FAMILIES.get(name, 32)
     kwargs = dict(weights=None, input_shape=(size, size, 3), classes=classes,
                   classifier_activation=None)
     if name.startswith(("ConvNeXt", "EfficientNetV2", "MobileNetV3")):

@@ -160,3 +160,18 @@ def test_tf_keras_twin_has_the_same_weights():
 def test_unknown_builder():
     with pytest.raises(ValueError, match="Unknown model"):
         models.get_builder("resnet")
+
+
+def test_application_builds_every_keras_application_not_only_the_zoo():
+    names = models.application_names()
+    # Every family representative is one of them, and there are more.
+    assert set(models.APPLICATION_FAMILIES) < set(names)
+    assert "ResNet101" in names and "EfficientNetV2S" in names
+    model, size = models.application("VGG19", classes=7)
+    assert size == 32 and model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 7)
+    assert sum(isinstance(layer, keras.layers.Conv2D)
+               for layer in model.layers) == 16
+    assert models.application("InceptionV3")[1] == 75
+    with pytest.raises(ValueError, match="VGG19"):
+        models.application("VGG20")
