@@ -71,6 +71,10 @@ class Sandbox:
         self.nan_compact = kap.strip(self.gated)
         self.nan_compact.get_layer("h1").bias.assign(
             np.full((4,), np.inf, "float32"))
+        self.normed = keras.Sequential([
+            keras.Input((8,)), L.Dense(8, name="h1"),
+            L.BatchNormalization(name="bn"), L.ReLU(),
+            L.Dense(3, activation="softmax", name="out")])
         rng = np.random.default_rng(0)
         self.x = rng.normal(size=(64, 8)).astype("float32")
         self.y = rng.integers(0, 3, 64)
@@ -81,7 +85,7 @@ class Sandbox:
         """A digest of every model weight and every file under the root."""
         h = hashlib.sha256()
         for model in (self.plain, self.gated, self.compact, self.nan_gated,
-                      self.nan_compact):
+                      self.nan_compact, self.normed):
             for w in model.weights:
                 h.update(np.ascontiguousarray(
                     keras.ops.convert_to_numpy(w)).tobytes())
@@ -113,6 +117,12 @@ def _nan_fit(s):
     x[20] = np.nan
     gated.fit(x, s.y, batch_size=16, epochs=2, verbose=0, shuffle=False,
               callbacks=[kap.AutoPrunerCallback(control_every=2)])
+
+
+def _recalibrate_nan(s):
+    x = s.x.copy()
+    x[40] = np.nan  # the third batch of 16: two have been used already
+    kap.recalibrate_batch_norm(s.normed, x, batch_size=16)
 
 
 def _export_dir(s, name, **kw):
@@ -224,6 +234,17 @@ CASES = [
      lambda s: kap.export(s.compact, "out", report="text"), TypeError, True),
     ('kap.load_model("missing.keras")',
      lambda s: kap.load_model("missing.keras"), ValueError, True),
+    ('count_flops("gated.keras")', lambda s: kap.count_flops("gated.keras"),
+     TypeError, True),
+    ("count_params(None)", lambda s: kap.count_params(None), TypeError, True),
+    ("count_flops(model, input_shape=(3,)) (the model takes 8 features)",
+     lambda s: kap.count_flops(s.plain, input_shape=(3,)), ValueError, True),
+    ("summary(gated, None)", lambda s: kap.summary(s.gated, None), TypeError,
+     True),
+    ("recalibrate_batch_norm(model, None)",
+     lambda s: kap.recalibrate_batch_norm(s.normed, None), ValueError, True),
+    ("recalibrate_batch_norm(model, data with a NaN row)", _recalibrate_nan,
+     kap.NonFiniteError, True),
 ]
 
 

@@ -5,6 +5,8 @@ import numbers
 import keras
 import numpy as np
 
+from keras_autopruner.checks import NonFiniteError
+
 # Layers whose training-mode noise would bias the statistics of the batch
 # norms after them, and the attribute that switches the noise off.
 _NOISE = ((keras.layers.Dropout, "rate"),
@@ -94,6 +96,11 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
         The number of batch norms re-estimated (0: the model has none, and
         it is left as it was).
 
+    Raises:
+        ValueError: no data, or data that gave no batch.
+        NonFiniteError: the data gave NaN or Inf statistics. On this or
+            any other error the model keeps the statistics it had.
+
     Example:
 
     >>> import numpy as np, keras, keras_autopruner as kap
@@ -108,6 +115,14 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
         raise ValueError(
             "recalibrate_batch_norm: batch_size and max_batches must be "
             f"positive whole numbers, got {batch_size!r}, {max_batches!r}.")
+    if not isinstance(model, keras.Model):
+        raise TypeError("recalibrate_batch_norm expects a keras.Model; got "
+                        f"{type(model).__name__}.")
+    if data is None or isinstance(data, (str, bytes)):
+        raise ValueError(
+            "recalibrate_batch_norm needs input examples: an array, a list "
+            "or dict of arrays, an (x, y) tuple, or an iterable of batches "
+            f"(a tf.data.Dataset); got {type(data).__name__}.")
     layers = _all_layers(model)
     norms = [layer for layer in layers
              if isinstance(layer, keras.layers.BatchNormalization)
@@ -118,13 +133,17 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
              for cls, attr in _NOISE if isinstance(layer, cls)]
     momenta = [norm.momentum for norm in norms]
     # Only the moving statistics may change: a stateful layer of another
-    # kind (a gate's moving code) is put back afterwards.
+    # kind (a gate's moving code) is put back afterwards, and so are the
+    # statistics themselves when the pass fails or gives NaN/Inf.
+    stats = [v for norm in norms
+             for v in (norm.moving_mean, norm.moving_variance)]
     theirs = {id(v) for norm in norms for v in norm.variables}
     others = list({id(v): v for layer in layers
                    for v in layer.non_trainable_variables
                    if id(v) not in theirs}.values())
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in others]
-    seen = 0
+    saved_stats = [np.array(keras.ops.convert_to_numpy(v)) for v in stats]
+    seen, ok = 0, False
     try:
         for layer, attr, _ in noisy:
             setattr(layer, attr, 0.0)
@@ -135,6 +154,16 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
                 norm.momentum = seen / (seen + 1.0)
             model(batch, training=True)
             seen += 1
+        bad = [norm.name for norm in norms if seen and not all(
+            np.all(np.isfinite(keras.ops.convert_to_numpy(v)))
+            for v in (norm.moving_mean, norm.moving_variance))]
+        if bad:
+            raise NonFiniteError(
+                "recalibrate_batch_norm: the data gave NaN or Inf "
+                f"statistics in {bad[:3]}{' ...' if len(bad) > 3 else ''}; "
+                "the model's statistics are left as they were. Check the "
+                "examples for NaN/Inf (np.isfinite(x).all()).")
+        ok = True
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
@@ -142,6 +171,9 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
             setattr(layer, attr, value)
         for v, value in zip(others, saved):
             v.assign(value)
+        if not ok:
+            for v, value in zip(stats, saved_stats):
+                v.assign(value)
     if seen == 0:
         raise ValueError(
             "recalibrate_batch_norm: the data gave no batch; pass at least "

@@ -71,6 +71,9 @@ def count_params(model):
     >>> count_params(model)
     15
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError("count_params expects a Keras model or layer; got "
+                        f"{type(model).__name__}.")
     if not getattr(model, "built", True):
         raise ValueError(
             f"{model.name} is not built, so its weights do not exist yet. "
@@ -386,6 +389,21 @@ def _count_node(op, name, actual_in, actual_out, result):
     result.total += macs
 
 
+def _check_fills(model, shape, ref):
+    """`shape` may give only the sizes the model input leaves open: the
+    model cannot run on any other (Keras checks the known ones)."""
+    known = tuple(ref.shape)[1:]
+    shape = tuple(shape)
+    if len(shape) != len(known) or any(
+            not isinstance(s, numbers.Integral) or s < 1
+            or (k is not None and s != k) for s, k in zip(shape, known)):
+        raise ValueError(
+            f"count_flops: input_shape {shape} does not fit the input "
+            f"{ref.name!r} of {model.name}, of shape {(None,) + known}. It "
+            "can give only the sizes the model leaves open (None); to count "
+            "another size, build the model at that size.")
+
+
 def count_flops(model, input_shape=None):
     """Counts the multiply-accumulates of one forward pass of one example.
 
@@ -399,9 +417,9 @@ def count_flops(model, input_shape=None):
             models have no graph to walk; wrap their parts in a functional
             model instead.
         input_shape: optional example shape (without the batch), or a list
-            of them for several inputs, to count at instead of the shapes
-            the model was built with. Needed when the model was built with
-            unknown sizes such as `keras.Input((None, None, 3))`.
+            of them for several inputs, that fills in the sizes the model
+            was built without, such as `keras.Input((None, None, 3))`.
+            Sizes the model fixes must be given as they are.
 
     Returns:
         A `FlopCount`; `.total` is the MAC count and `.unknown` lists the
@@ -415,6 +433,9 @@ def count_flops(model, input_shape=None):
     >>> count.per_layer, count > 3000
     ({'conv': 3888}, True)
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError("count_flops expects a keras.Model (Sequential or "
+                        f"functional); got {type(model).__name__}.")
     graph = tracing.functional_of(model)
     if graph is None:
         raise ValueError(
@@ -434,6 +455,8 @@ def count_flops(model, input_shape=None):
                 f"{model.name} has {len(inputs)} inputs but input_shape "
                 f"gives {len(shapes)} shapes."
             )
+        for shape, ref in zip(shapes, inputs):
+            _check_fills(model, shape, ref)
         inputs = [
             keras.KerasTensor((1,) + tuple(shape), dtype=ref.dtype)
             for shape, ref in zip(shapes, inputs)

@@ -8,6 +8,8 @@ to the stripped model as `pruning_report`, and `export` writes it out.
 import dataclasses
 import json
 
+import keras
+
 from keras_autopruner import metrics, registry, tracing
 from keras_autopruner.gate import AutoPrunerGate
 
@@ -126,6 +128,13 @@ def summary(gated, compact, notes=None):
         compact = strip(gated)
         print(summary(gated, compact))
     """
+    for what, model in (("compact", compact), ("gated", gated)):
+        if not isinstance(model, keras.Model) and (
+                what == "compact" or model is not None):
+            raise TypeError(
+                f"summary: {what} must be a keras.Model"
+                f"{' or None' if what == 'gated' else ''}, got "
+                f"{type(model).__name__}. Call summary(gated, strip(gated)).")
     after = {layer.name: layer for layer in compact.layers}
     macs_after = _macs(compact)
     rows, gates = [], {"count": 0, "params": 0, "macs": 0}

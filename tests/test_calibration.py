@@ -131,6 +131,32 @@ def test_refusals_and_no_batch_norm():
                                    batch_size=0)
 
 
+def test_bad_data_leaves_the_statistics_as_they_were():
+    model = _net()
+    norms = [l for l in model.layers
+             if isinstance(l, keras.layers.BatchNormalization)]
+    before = [_np(v) for n in norms
+              for v in (n.moving_mean, n.moving_variance)]
+    x = np.random.default_rng(0).normal(size=(64, 6, 6, 2)).astype("float32")
+    x[40] = np.nan  # the third batch of 16
+    with pytest.raises(kap.NonFiniteError, match="left as they were"):
+        kap.recalibrate_batch_norm(model, x, batch_size=16)
+    after = [_np(v) for n in norms for v in (n.moving_mean, n.moving_variance)]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def batches():  # a good batch, then one the model cannot take
+        yield x[:16]
+        yield np.zeros((16, 5, 5, 2), "float32")
+
+    with pytest.raises(ValueError):
+        kap.recalibrate_batch_norm(model, batches())
+    for a, n in zip(before[::2], norms):
+        np.testing.assert_array_equal(a, _np(n.moving_mean))
+    with pytest.raises(ValueError, match="needs input examples"):
+        kap.recalibrate_batch_norm(model, None)
+
+
 def _two_input_net():
     keras.utils.set_random_seed(4)
     a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")

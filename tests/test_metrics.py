@@ -176,6 +176,25 @@ def test_input_shape_override_and_unknown_size_error():
         count_flops(model)
     count = count_flops(model, input_shape=(5, 5, 3))
     assert count.per_layer["pw"] == 3 * 2 * 25
+    # Only the open sizes can be filled in: the model runs on no other.
+    for shape in ((5, 5, 4), (5, 3), (5, 5, 3, 1), (None, 5, 3), (0, 5, 3)):
+        with pytest.raises(ValueError, match="leaves open"):
+            count_flops(model, input_shape=shape)
+    dense = keras.Sequential([keras.Input((8,)), L.Dense(6)])
+    with pytest.raises(ValueError, match=r"\(None, 8\)"):
+        count_flops(dense, input_shape=(3,))
+    assert count_flops(dense, input_shape=(8,)).total == 48
+
+
+def test_what_is_not_a_model_is_refused_by_type():
+    for bad in (None, "model.keras", np.zeros(3)):
+        with pytest.raises(TypeError, match="expects a keras.Model"):
+            count_flops(bad)
+        with pytest.raises(TypeError, match="expects a Keras model"):
+            count_params(bad)
+    layer = L.Dense(2)  # a built layer counts as a model does
+    layer.build((None, 3))
+    assert count_params(layer) == 8
 
 
 def test_sequential_and_errors():

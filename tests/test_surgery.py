@@ -688,6 +688,10 @@ def test_summary_of_any_two_models():
     assert report.totals["params_after"] == kap.count_params(compact)
     assert report.totals["params_ratio"] > 1
     assert compact.pruning_report.gates["count"] == len(gates_of(gated))
+    assert kap.summary(None, compact).totals["params_before"] is None
+    for args in ((gated, None), (None, None), ("gated.keras", compact)):
+        with pytest.raises(TypeError, match="summary"):
+            kap.summary(*args)
 
 
 def test_hand_gated_nested_sequential():
