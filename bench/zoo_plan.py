@@ -61,13 +61,13 @@ def run(name, rate, seed):
                                                    1e-12))
     flops, params = kap.count_flops(compact), kap.count_params(compact)
     predicted = all(
-        abs(got - CostModel(gated, w).cost(masks)) <= 1e-6 * got
-        for got, w in ((flops, "flops"), (params, "params")))
-    share = int(flops) / int(kap.count_flops(model))
+        abs(count - CostModel(gated, w).cost(masks)) <= 1e-6 * count
+        for count, w in ((flops, "flops"), (params, "params")))
+    full = kap.count_flops(model)
     return {"model": name, "gated": len(plan.gated), "predicted": predicted,
             "prunable": len(plan.rows), "rel_error": error,
-            "mac_share": share, "seconds": time.time() - start,
-            "unknown": kap.count_flops(model).unknown}
+            "mac_share": int(flops) / int(full),
+            "seconds": time.time() - start, "unknown": full.unknown}
 
 
 def main(argv):

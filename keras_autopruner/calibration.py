@@ -154,9 +154,9 @@ def recalibrate_batch_norm(model, data, batch_size=256, max_batches=16):
                 norm.momentum = seen / (seen + 1.0)
             model(batch, training=True)
             seen += 1
-        bad = [norm.name for norm in norms if seen and not all(
+        bad = [norm.name for norm in norms if not all(
             np.all(np.isfinite(keras.ops.convert_to_numpy(v)))
-            for v in (norm.moving_mean, norm.moving_variance))]
+            for v in (norm.moving_mean, norm.moving_variance))] if seen else []
         if bad:
             raise NonFiniteError(
                 "recalibrate_batch_norm: the data gave NaN or Inf "

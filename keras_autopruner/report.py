@@ -128,13 +128,12 @@ def summary(gated, compact, notes=None):
         compact = strip(gated)
         print(summary(gated, compact))
     """
-    for what, model in (("compact", compact), ("gated", gated)):
-        if not isinstance(model, keras.Model) and (
-                what == "compact" or model is not None):
-            raise TypeError(
-                f"summary: {what} must be a keras.Model"
-                f"{' or None' if what == 'gated' else ''}, got "
-                f"{type(model).__name__}. Call summary(gated, strip(gated)).")
+    if not isinstance(compact, keras.Model) or not (
+            gated is None or isinstance(gated, keras.Model)):
+        raise TypeError(
+            "summary(gated, compact) takes two keras.Models (gated may be "
+            f"None); got {type(gated).__name__} and "
+            f"{type(compact).__name__}. Call summary(gated, strip(gated)).")
     after = {layer.name: layer for layer in compact.layers}
     macs_after = _macs(compact)
     rows, gates = [], {"count": 0, "params": 0, "macs": 0}
