@@ -299,7 +299,12 @@ def _folds(graph, scales, need):
 
 def _check_widths(graph, need):
     for op in graph.ops:
-        if op.kind == "mix" and not graph.kept(op.node.outputs[0], need).any():
+        if op.kind != "mix":
+            continue
+        kept = graph.kept(op.node.outputs[0], need)
+        # No channels tracked (a mask whose last axis is a length unknown
+        # until the model runs): nothing of it can be cut.
+        if len(kept) and not kept.any():
             raise ValueError(
                 f"strip: layer {op.layer.name!r} would keep no filter: every "
                 "channel it writes is zero wherever it is read. Keep some "

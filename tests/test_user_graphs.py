@@ -310,6 +310,37 @@ def test_variable_length_inputs_prune_by_parameters_not_macs():
         "conv"] == 10 * 3 * 4 * 8
 
 
+@pytest.mark.parametrize("per_particle", ["dense", "time_distributed"])
+def test_masked_particles_of_any_number_strip_exactly(per_particle):
+    """A Deep Sets tagger on padded particles of any number: Masking, a
+    per-particle Dense, and the mean pooling that reads Keras's mask (a
+    tensor whose last axis is the unknown number of particles)."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((None, 5))
+    h = keras.layers.Masking(0.0)(x)
+    phi = keras.layers.Dense(12, activation="relu", name="phi")
+    h = (phi if per_particle == "dense"
+         else keras.layers.TimeDistributed(phi, name="phi_td"))(h)
+    h = keras.layers.Dense(10, activation="relu", name="phi2")(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    gated = kap.add_gates(model, 0.5)
+    masks = []
+    for gate in gates_of(gated):
+        masks.append(np.arange(gate.units) % 2 == 0)
+        gate.set_mask(masks[-1])
+    assert len(masks) == 2
+    compact = kap.strip(gated)
+    rng = np.random.default_rng(0)
+    for length in (3, 7, 20):
+        probe = rng.normal(size=(4, length, 5)).astype("float32")
+        probe[:, length // 2:] = 0.0  # padding, masked out of the mean
+        np.testing.assert_allclose(outputs(compact, probe),
+                                   outputs(gated, probe),
+                                   rtol=1e-5, atol=1e-6)
+    assert kap.count_params(compact) == CostModel(gated, "params").cost(masks)
+
+
 def test_a_layer_that_declares_an_unknown_size_is_counted_at_its_real_one():
     """EinsumDense(output_shape=(None, 6)) leaves the length unknown in the
     graph although the input has one: the layers after it are counted at
