@@ -145,6 +145,8 @@ CASES = [
      ValueError, True),
     ('add_gates(model, float("nan"))',
      lambda s: kap.add_gates(s.plain, float("nan")), ValueError, True),
+    ('add_gates(model, 0.5, fold="yes")',
+     lambda s: kap.add_gates(s.plain, 0.5, fold="yes"), ValueError, True),
     ('add_gates("model.keras", 0.5)',
      lambda s: kap.add_gates("model.keras", 0.5), TypeError, True),
     ("AutoPrunerCallback(binary_tolerance=-0.01)",

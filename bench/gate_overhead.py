@@ -11,6 +11,10 @@ compiled models run `train_on_batch` on the same batch:
   the channels kept);
 - ceiling: the network hand-built at the kept widths (half), what `strip`
   gives: the step time pruning is for;
+- folded gates, pushing and done (`--fold`, on by default): the same
+  with `add_gates(..., fold=True, fold_batch_size=batch_size)`, where
+  each gate's code scales the next layer's kernel instead of the
+  activation, where that is cheaper (`folding.py`);
 - floor: the network with, where the gates go, only a multiply by a fixed
   per-channel vector (`--floor`): what any gate that multiplies the
   channels costs at least, without fusion;
@@ -19,8 +23,8 @@ compiled models run `train_on_batch` on the same batch:
   own pool, map, sigmoid, moving state and loss term, without the phase
   conditional) scales the input channels of the next layer's kernel
   instead, which computes the same function, since max pooling, dropout
-  and flattening commute with a positive per-channel scale. It is not
-  what `add_gates` builds: it measures what such a design would cost.
+  and flattening commute with a positive per-channel scale. The probe
+  that came before `add_gates(..., fold=True)`, kept to compare with it.
 
 They are timed in interleaved rounds, one step of each per round in a
 random order, so that load on the machine hits all of them alike; the rounds
@@ -35,7 +39,13 @@ budget, `stop_when_done`) at each rate of `phase_rates`; printed are the
 optimizer steps to done, the phase's wall time, and the wall time of as
 many plain training steps on the same batches, each also without its
 stalls (steps over 10x the median: a retrace of the training function,
-or the machine's load).
+or the machine's load). With `phase_gates=product,folded,product_xla`
+(the default) each rate runs three times from one start (weights, gates,
+dropout's random state): with the product gates, folded, and with the
+product gates under XLA, which computes the same steps in another float
+order. The last two rows say how many channels they chose as the
+product run did (the XLA row: what float rounding alone changes), and
+every row gives the stripped model's MAC share and test accuracy.
 
     .venv/bin/python bench/gate_overhead.py [--nets=vgg_small,vgg16_32] \\
         [--xla=off,on] [--rounds=100] [--vgg16_rounds=6] [--blocks=3]
@@ -72,7 +82,8 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("batch_size", 64, "batch size of the timed steps",
                          flag_values=fv)
     flags.DEFINE_list("nets", ["vgg_small", "vgg16_32"],
-                      f"networks to time, of {sorted(NETS)}", flag_values=fv)
+                      f"networks to time, of {sorted(NETS)} (none: only "
+                      "the pruning phase)", flag_values=fv)
     flags.DEFINE_list("xla", ["off", "on"], "jit_compile settings to time",
                       flag_values=fv)
     flags.DEFINE_integer("rounds", 100, "timed rounds per block, vgg_small",
@@ -87,8 +98,16 @@ def define_flags(fv=flags.FLAGS):
                       flag_values=fv)
     flags.DEFINE_bool("folded", False, "also time the folded-gate probe "
                       "(vgg_small)", flag_values=fv)
+    flags.DEFINE_bool("fold", True, "also time add_gates(..., fold=True)",
+                      flag_values=fv)
     flags.DEFINE_string("gate_map", "auto", "add_gates' gate_map",
                         flag_values=fv)
+    flags.DEFINE_list("phase_gates", ["product", "folded", "product_xla"],
+                      "gates of the pruning-phase runs: product (the "
+                      "default add_gates), folded (fold=True), "
+                      "product_xla (the product run compiled with XLA: "
+                      "the same steps in another float order)",
+                      flag_values=fv)
     flags.DEFINE_list("phase_rates", ["0.5", "0.25", "0.12"],
                       "rates of the pruning-phase runs (none: skip)",
                       flag_values=fv)
@@ -150,8 +169,8 @@ class CodeOnly(AutoPrunerGate):
             keras.ops.mean(code) - keras.ops.convert_to_tensor(self.center)))
         return code
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[-1],)
+    def compute_output_spec(self, inputs, training=False):
+        return keras.KerasTensor((inputs.shape[-1],), dtype="float32")
 
 
 class ScaledInputs(keras.layers.Layer):
@@ -241,15 +260,24 @@ def time_steps(net, jit, args):
     x = rng.rand(args.batch_size, *spec["shape"]).astype("float32")
     y = rng.randint(0, 10, args.batch_size)
     half = {k: max(1, v // 2) for k, v in spec["defaults"].items()}
-    pushing = kap.add_gates(spec["build"](), 0.5, gate_map=args.gate_map)
-    for g in gates_of(pushing):  # what the callback sets while pushing
-        g.phase.assign(1.0)
-        g.coef.assign(1.0)
-    done = kap.add_gates(spec["build"](), 0.5, gate_map=args.gate_map)
-    for g in gates_of(done):
-        g.set_mask(np.arange(g.units) % 2 == 0)
-    runs = {"plain": spec["build"](), "gated, pushing": pushing,
-            "gated, done": done, "ceiling (kept widths)": spec["build"](half)}
+
+    def gated(phase, fold=False):
+        model = kap.add_gates(spec["build"](), 0.5, gate_map=args.gate_map,
+                              fold=fold, fold_batch_size=args.batch_size)
+        for g in gates_of(model):
+            if phase == "pushing":  # what the callback sets while pushing
+                g.phase.assign(1.0)
+                g.coef.assign(1.0)
+            else:
+                g.set_mask(np.arange(g.units) % 2 == 0)
+        return model
+
+    runs = {"plain": spec["build"](), "gated, pushing": gated("pushing"),
+            "gated, done": gated("done")}
+    if args.fold:
+        runs["folded gates, pushing"] = gated("pushing", fold=True)
+        runs["folded gates, done"] = gated("done", fold=True)
+    runs["ceiling (kept widths)"] = spec["build"](half)
     if args.floor:
         runs["floor (fixed multiply)"] = with_floor(spec["build"]())
     if args.folded and net == "vgg_small":
@@ -348,10 +376,15 @@ class TimedPruning(kap.AutoPrunerCallback):
 
 
 def pruning_phase(args):
-    (x, y), _ = load_fashion_mnist()
+    (x, y), (xt, yt) = load_fashion_mnist()
     n = args.train_examples
     x = (x[:n, ..., None] / 255.0).astype("float32")
     y = y[:n]
+    xt = (xt[..., None] / 255.0).astype("float32")
+    for kind in args.phase_gates:
+        if kind not in ("product", "folded", "product_xla"):
+            raise app.UsageError(f"--phase_gates: {kind!r} is not product, "
+                                 "folded or product_xla")
     keras.utils.set_random_seed(0)
     base = compiled(models.vgg_small(), False)
     base.fit(x, y, batch_size=32, epochs=args.full_epochs, verbose=0)
@@ -362,41 +395,69 @@ def pruning_phase(args):
           "Wall: steps 2 to the last, callbacks included; traced: the "
           "part of it in steps over 10x the median (a retrace or a "
           "stall); without: the wall less that; callback: the "
-          "time in AutoPrunerCallback's batch hooks")
-    print("| rate | steps to done | reason | pruning wall (s) | traced (s) "
-          "| same steps plain (s) | traced (s) | ratio | ratio without "
-          "traced steps | callback (s) | callback per step / plain step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "time in AutoPrunerCallback's batch hooks. Same channels: the "
+          "share of channels whose keep/cut matches the product gates' "
+          f"run; test: the stripped model on {len(yt)} test images, before "
+          "any fine-tuning")
+    print("| rate | gates | steps to done | reason | pruning wall (s) "
+          "| traced (s) | same steps plain (s) | traced (s) | ratio "
+          "| ratio without traced steps | callback (s) "
+          "| callback per step / plain step | MACs kept | same channels "
+          "| test acc |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    full_macs = int(kap.count_flops(base))
     for rate in [float(r) for r in args.phase_rates]:
-        keras.utils.set_random_seed(0)
-        gated = compiled(kap.add_gates(base, rate, gate_map=args.gate_map),
-                         False)
-        cb, clock = TimedPruning(stop_when_done=True), StepClock()
-        # The clock last: its batch end follows the pruning callback's.
-        gated.fit(x, y, batch_size=32, epochs=args.prune_epochs, verbose=0,
-                  callbacks=[cb, clock])
-        steps = len(clock.ends)
-        plain = compiled(keras.models.clone_model(base), False)
-        plain.set_weights(base.get_weights())
-        # The same batches in the same order as the gated run.
-        plain_clock = StepClock(stop_after=steps)
-        plain.fit(x, y, batch_size=32, epochs=args.prune_epochs, verbose=0,
-                  callbacks=[plain_clock])
-        reason = (cb.result or {}).get("reason", "not done")
-        pure = clock.wall - clock.traced
-        plain_pure = plain_clock.wall - plain_clock.traced
-        print(f"| {rate} | {steps} | {reason} | {clock.wall:.1f} | "
-              f"{clock.traced:.1f} | {plain_clock.wall:.1f} | "
-              f"{plain_clock.traced:.1f} | "
-              f"{clock.wall / plain_clock.wall:.3f} | "
-              f"{pure / plain_pure:.3f} | {cb.seconds:.2f} | "
-              f"{cb.seconds / plain_pure:.3f} |")
+        product_masks = None
+        # Both from one start (weights, gates, dropout's random state):
+        # the folded model is folded from the product one before either
+        # trains.
+        start = kap.add_gates(base, rate, gate_map=args.gate_map)
+        copy, layer_map = kap.tracing.rebuild(start)
+        kap.tracing.copy_state(layer_map)
+        runs = {"folded": kap.folding.fold(start, batch_size=32),
+                "product_xla": copy, "product": start}
+        for kind in args.phase_gates:
+            keras.utils.set_random_seed(0)
+            gated = compiled(runs[kind], kind == "product_xla")
+            cb, clock = TimedPruning(stop_when_done=True), StepClock()
+            # The clock last: its batch end follows the pruning callback's.
+            gated.fit(x, y, batch_size=32, epochs=args.prune_epochs,
+                      verbose=0, callbacks=[cb, clock])
+            steps = len(clock.ends)
+            plain = compiled(keras.models.clone_model(base), False)
+            plain.set_weights(base.get_weights())
+            # The same batches in the same order as the gated run.
+            plain_clock = StepClock(stop_after=steps)
+            plain.fit(x, y, batch_size=32, epochs=args.prune_epochs,
+                      verbose=0, callbacks=[plain_clock])
+            reason = (cb.result or {}).get("reason", "not done")
+            pure = clock.wall - clock.traced
+            plain_pure = plain_clock.wall - plain_clock.traced
+            masks = np.concatenate([g.mask() for g in gates_of(gated)])
+            if kind == "product":
+                product_masks = masks
+            same = ("-" if product_masks is None
+                    else f"{np.mean(masks == product_masks):.1%}")
+            compact = kap.strip(gated, force=True)
+            compact.compile(metrics=["accuracy"],
+                            loss="sparse_categorical_crossentropy")
+            acc = compact.evaluate(xt, yt, batch_size=256, verbose=0)[1]
+            share = int(kap.count_flops(compact)) / full_macs
+            print(f"| {rate} | {kind} | {steps} | {reason} | "
+                  f"{clock.wall:.1f} | {clock.traced:.1f} | "
+                  f"{plain_clock.wall:.1f} | {plain_clock.traced:.1f} | "
+                  f"{clock.wall / plain_clock.wall:.3f} | "
+                  f"{pure / plain_pure:.3f} | {cb.seconds:.2f} | "
+                  f"{cb.seconds / plain_pure:.3f} | {share:.4f} | {same} | "
+                  f"{acc:.4f} |")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
+    if args.nets == ["none"]:  # the pruning phase only
+        args.nets = []
     for net in args.nets:
         if net not in NETS:
             raise app.UsageError(f"--nets: {net!r} is not one of "

@@ -6,6 +6,7 @@ The public API lives here; the modules behind it are:
                  Keras's graph internals
 - planner.py     plan: which layers get a gate, and why the others do not
 - instrument.py  add_gates, the graph rewrite that inserts gates
+- folding.py     folded gates: the next layer scales its kernel by the code
 - objective.py   the pruning term (per-layer or global budget) and kept_fraction
 - budget.py      CostModel (the stripped model's MACs/params for any masks)
                  and the exact final choice

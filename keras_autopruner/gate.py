@@ -80,6 +80,14 @@ class AutoPrunerGate(keras.layers.Layer):
             a learning rate of their own.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
+    Call arguments:
+        inputs: the activation, `(batch, ..., channels)`.
+        training: whether the code learns (and the moving state moves).
+        fold: return `(inputs, code)` instead of `inputs * code`: the
+            layer the gate feeds then applies the code to its kernel
+            (`add_gates(..., fold=True)`, see `folding.py`), and the gate
+            makes no pass over the activation besides its pooling.
+
     Example:
 
     >>> x = keras.Input((8, 8, 16))
@@ -91,6 +99,9 @@ class AutoPrunerGate(keras.layers.Layer):
     >>> wide.count_params() < 256 * 256 // 10
     True
     """
+
+    # How tracing reads a folded model (tracing.Call).
+    _fold_role = "gate"
 
     def __init__(
         self,
@@ -263,7 +274,7 @@ class AutoPrunerGate(keras.layers.Layer):
     def _hard_mask(self, moving_code):
         return ops.cast(moving_code > self.threshold, "float32")
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, fold=False):
         # Variables are read into tensors once: JAX refuses a Keras variable
         # where it expects an array (inside `where`, say), and under JAX's
         # stateless training step `convert_to_tensor` returns the step's
@@ -277,37 +288,48 @@ class AutoPrunerGate(keras.layers.Layer):
             hard = ops.convert_to_tensor(self.hard) > 0.5
             code = ops.where(ops.logical_or(hard, done),
                              self._hard_mask(moving_code), moving_code)
+            if fold:
+                return inputs, code
             return inputs * ops.cast(code, inputs.dtype)
         moving_logit = ops.convert_to_tensor(self.moving_logit)
         m = self.momentum
+
+        def product(code):
+            # Folded, the next layer applies the code to its kernel: no
+            # pass over the activation here, forward or backward.
+            return () if fold else (inputs * ops.cast(code, inputs.dtype),)
 
         def fixed():
             # Done: a fixed 0/1 multiply. No logits, no moving averages,
             # and (the product being inside the branch) no gradient
             # reduction over the activation for a code that cannot move.
             mask = self._hard_mask(moving_code)
-            return (inputs * ops.cast(mask, inputs.dtype), mask,
-                    moving_code, moving_logit)
+            return product(mask) + (mask, moving_code, moving_logit)
 
         def learning():
             logits = self.compute_logits(inputs)
             soft = ops.sigmoid(ops.convert_to_tensor(self.alpha) * logits)
-            return (inputs * ops.cast(soft, inputs.dtype), soft,
-                    m * moving_code + (1 - m) * soft,
-                    m * moving_logit + (1 - m) * logits)
+            return product(soft) + (soft, m * moving_code + (1 - m) * soft,
+                                    m * moving_logit + (1 - m) * logits)
 
         # A conditional, not a `where` of both: the branch not taken is not
         # computed (tf.cond / lax.cond; a Python `if` on PyTorch).
-        outputs, code, new_code, new_logit = ops.cond(done, fixed, learning)
+        *outputs, code, new_code, new_logit = ops.cond(done, fixed, learning)
         self.code.assign(code)
         self.moving_code.assign(new_code)
         self.moving_logit.assign(new_logit)
         self.add_loss(ops.convert_to_tensor(self.coef) * ops.square(
             ops.mean(code) - ops.convert_to_tensor(self.center)))
-        return outputs
+        return (inputs, code) if fold else outputs[0]
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def compute_output_spec(self, inputs, training=False, fold=False):
+        out = keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
+        if not fold:
+            return out
+        return out, keras.KerasTensor((inputs.shape[-1],), dtype="float32")
 
     def mask(self, threshold=None):
         """The hard 0/1 keep mask as a NumPy bool array."""

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_autopruner import tracing
 from keras_autopruner.gate import AutoPrunerGate
 
 
@@ -371,14 +372,16 @@ def gates_in(gated):
 def prunable_layer(gated, gate):
     """The layer whose filters `gate` (made by `add_gates`) chooses."""
     layer_name = gate.name.removesuffix("_gate")
-    try:
-        return gated.get_layer(layer_name)
-    except ValueError:
-        raise ValueError(
-            f"Gate {gate.name!r} has no layer {layer_name!r} in "
-            f"{gated.name!r}: this criterion needs the gates add_gates "
-            "puts behind a layer (named '<layer>_gate'). Gate the model "
-            "with add_gates, or use 'autopruner' or 'random'.") from None
+    # Through the trace, so that a layer wrapped by a folded gate
+    # (folding.ScaledInputs) is found as itself.
+    for op in tracing.trace(gated).operations():
+        if op.name == layer_name and not isinstance(op, AutoPrunerGate):
+            return op
+    raise ValueError(
+        f"Gate {gate.name!r} has no layer {layer_name!r} in "
+        f"{gated.name!r}: this criterion needs the gates add_gates "
+        "puts behind a layer (named '<layer>_gate'). Gate the model "
+        "with add_gates, or use 'autopruner' or 'random'.")
 
 
 def filter_weights(layer, units):
@@ -416,14 +419,13 @@ def filter_weights(layer, units):
 
 
 def _batch_norm_behind(gated, layer):
-    out = layer.output
-    for other in gated.layers:
-        if isinstance(other, keras.layers.BatchNormalization):
-            try:
-                if other.input is out:
-                    return other
-            except (AttributeError, ValueError):  # called more than once
-                continue
+    trace = tracing.trace(gated)
+    calls = trace.nodes_of(layer)
+    if len(calls) != 1:  # called more than once: no one batch norm
+        return None
+    for reader in trace.consumers[id(calls[0].outputs[0])]:
+        if isinstance(reader.operation, keras.layers.BatchNormalization):
+            return reader.operation
     return None
 
 

@@ -3,7 +3,7 @@
 
 import numbers
 
-from keras_autopruner import registry, tracing
+from keras_autopruner import folding, registry, tracing
 from keras_autopruner.gate import MAPS, AutoPrunerGate, gates_of
 from keras_autopruner.planner import make_plan, plan  # noqa: F401
 
@@ -25,6 +25,8 @@ def add_gates(
     min_units=1,
     gate_map="auto",
     wide_units=1024,
+    fold=False,
+    fold_batch_size=32,
     name=None,
     **gate_kwargs,
 ):
@@ -79,6 +81,20 @@ def add_gates(
             gate. The rank is the gates' `rank` argument (default 64).
         wide_units: with `gate_map="auto"`, layers wider than this get the
             low-rank map.
+        fold: fold each gate into the layer that reads it where the path
+            allows (see `keras_autopruner.folding`): that layer scales its
+            kernel's input rows by the code, and the gate makes no pass
+            over the activation for the product. The same function, a
+            cheaper training step; gates on other paths keep the product.
+            `folding.foldable(gated)` says which gate folded, and why not.
+            A layer that takes a code is wrapped as `<name>_folded`
+            (`folding.ScaledInputs`; its `.layer` is the layer); `strip`
+            gives the same model, with the original names, either way.
+        fold_batch_size: with `fold=True`, a gate folds only where, at this
+            many examples a batch, its activation holds at least as many
+            values as the kernel that would take its code (elsewhere the
+            product is cheaper); None folds wherever the path allows. Use
+            your training batch size.
         name: name of the new model (default: original name + "_gated").
         **gate_kwargs: other `AutoPrunerGate` arguments (alpha, momentum, ...).
 
@@ -116,6 +132,9 @@ def add_gates(
             or wide_units < 1):
         raise ValueError(
             f"wide_units must be a whole number >= 1, got {wide_units!r}.")
+    if not isinstance(fold, bool):
+        raise ValueError(f"fold must be True or False, got {fold!r}.")
+    folding._check_batch_size(fold_batch_size)
     present = gates_of(model)
     if present:
         raise ValueError(
@@ -166,6 +185,8 @@ def add_gates(
     )
     # strip's report names the layers left ungated, and why. (Not saved in
     # .keras files: `plan(model)` makes it again.)
+    if fold:
+        gated = folding.fold(gated, batch_size=fold_batch_size)
     gated.pruning_plan = the_plan
     return gated
 

@@ -3,6 +3,7 @@
 import keras
 
 from keras_autopruner.callbacks import AutoPrunerCallback
+from keras_autopruner.folding import ScaledInputs
 from keras_autopruner.gate import AutoPrunerGate
 from keras_autopruner.pruned_model import PrunedModel
 from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
@@ -11,8 +12,9 @@ from keras_autopruner.schedules import (AlphaSchedule, LambdaController,
 # The names Keras writes into a `.keras` file for this package's classes.
 CUSTOM_OBJECTS = {
     f"keras_autopruner>{cls.__name__}": cls
-    for cls in (AutoPrunerGate, PrunedModel, AutoPrunerCallback,
-                AlphaSchedule, LambdaController, StepLambda)
+    for cls in (AutoPrunerGate, ScaledInputs, PrunedModel,
+                AutoPrunerCallback, AlphaSchedule, LambdaController,
+                StepLambda)
 }
 
 

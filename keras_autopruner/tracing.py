@@ -32,6 +32,8 @@ except ImportError:  # pragma: no cover
 
 # The keyword under which Keras hands a layer call its input's mask.
 MASK_KWARG = "mask"
+# The keyword of a gate call that returns (activation, code) (folding.py).
+FOLD_KWARG = "fold"
 
 
 def check_traceable(model, what="add_gates"):
@@ -127,7 +129,7 @@ class Call:
     """
 
     __slots__ = ("node", "operation", "input_tensors", "mask_tensors",
-                 "outputs", "constants", "leading_constant")
+                 "outputs", "constants", "leading_constant", "_role")
 
     def __init__(self, node):
         self.node = node
@@ -140,11 +142,30 @@ class Call:
         self.constants = [a for a in args
                           if not _symbolic(a) and a is not None]
         self.leading_constant = bool(args) and not _symbolic(args[0])
+        # A folded model is read as the unfolded one it computes (see
+        # folding.py): a gate called with fold=True stands for its product
+        # (its code output is left out), and the layer that applies that
+        # code to its kernel stands for the layer it wraps, reading only
+        # its first input.
+        self._role = getattr(self.operation, "_fold_role", None)
+        if self._role == "gate" and kwargs.get(FOLD_KWARG) is True:
+            self.outputs = self.outputs[:1]
+        elif self._role == "consumer":
+            self.operation = self.operation.layer
+            self.input_tensors = self.input_tensors[:1]
+            self.constants = []
+        else:
+            self._role = None
 
     def fill_in(self, tensors):
         """`(args, kwargs)` of the call with `tensors` (id -> tensor) in
         place of the recorded symbolic tensors."""
-        return self.node.arguments.fill_in(tensors)
+        if self._role == "consumer":
+            return (tensors[id(self.input_tensors[0])],), {}
+        args, kwargs = self.node.arguments.fill_in(tensors)
+        if self._role == "gate":
+            kwargs = {k: v for k, v in kwargs.items() if k != FOLD_KWARG}
+        return args, kwargs
 
     def __repr__(self):
         return f"Call({self.operation.name!r})"
@@ -166,6 +187,7 @@ class Trace:
         consumers: `id(tensor)` -> the `Call`s that read it as data.
         output_ids: the ids of the model's output tensors.
         nested: whether any call is a model with a graph of its own.
+        folded: whether the model has folded gates (read as unfolded).
     """
 
     def __init__(self, model):
@@ -185,6 +207,7 @@ class Trace:
                 self.consumers[id(t)].append(call)
         self.output_ids = {id(t) for t in self.outputs}
         self.nested = any(is_nested_model(c.operation) for c in self.nodes)
+        self.folded = any(c._role is not None for c in self.nodes)
 
     def nodes_of(self, operation):
         """The calls of `operation`, in graph order."""
@@ -266,7 +289,8 @@ def _unbuilt(config):
     return config
 
 
-def rebuild(model, make_layer=None, after=None, name=None, skip=None):
+def rebuild(model, make_layer=None, after=None, name=None, skip=None,
+            call_layer=None):
     """Replay `model` as a new flat functional model.
 
     Args:
@@ -282,6 +306,11 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
             left out and its input passed through in its place (it must
             take one tensor and return one of the same shape). `strip`
             uses this to drop gates.
+        call_layer: optional `fn(layer, new_layer, args, kwargs) ->
+            outputs`
+            that calls the new layer in place of `new_layer(*args,
+            **kwargs)` (`folding.fold` hands a gate's code to the layer
+            behind it).
 
     Returns:
         `(new_model, layer_map)` where `layer_map` maps each original layer
@@ -343,7 +372,8 @@ def rebuild(model, make_layer=None, after=None, name=None, skip=None):
                     new_layer = make_layer(layer, unique(layer.name, prefix))
                     layer_map[id(layer)] = (layer, new_layer)
                 new_layer = layer_map[id(layer)][1]
-                outputs = new_layer(*args, **kwargs)
+                outputs = (new_layer(*args, **kwargs) if call_layer is None
+                           else call_layer(layer, new_layer, args, kwargs))
                 if after is not None:
                     outputs = after(layer, outputs)
                 outputs = tree.flatten(outputs)
@@ -381,6 +411,17 @@ def copy_weights(layer_map):
             new.set_weights(old.get_weights())
 
 
+def copy_state(layer_map):
+    """Copy every variable of every original layer into its clone: the
+    weights and also the random seeds' state (a clone's dropout then
+    draws the masks the original's would)."""
+    for old, new in layer_map.values():
+        if new is not old:  # (a keras.ops operation holds no state)
+            for a, b in zip(getattr(old, "variables", ()),
+                            getattr(new, "variables", ()), strict=True):
+                b.assign(a)
+
+
 def flatten(model, name=None):
     """A flat functional copy of `model` (nested models inlined), weights copied."""
     flat_model, layer_map = rebuild(model, name=name)
@@ -389,11 +430,14 @@ def flatten(model, name=None):
 
 
 def flat(model):
-    """`model` itself, or a flat copy (weights copied) if it nests models.
+    """`model` itself, or a flat copy (weights copied) if it nests models
+    or folds gates (the copy is then the unfolded model, whose layers are
+    the ones the trace reads).
 
     A copy rather than a replay with the same layers: inlined layers may
     share a name, and the copy renames them the way `add_gates` does.
     """
-    if trace(model).nested:
+    traced = trace(model)
+    if traced.nested or traced.folded:
         return flatten(model)
     return model

@@ -160,6 +160,33 @@ def check_conv_strip_count_save(out, workdir):
         out["onnx"] = f"{type(e).__name__}: {e}"
 
 
+def check_folded(out):
+    """Folded gates train as the unfolded ones (four steps from the same
+    weights) and the folded model strips exactly."""
+    (x, y), (xt, _) = load_fashion_mnist()
+    x, y = (x[:256, ..., None] / 255.0).astype("float32"), y[:256]
+    xt = (xt[:64, ..., None] / 255.0).astype("float32")
+    gated = gated_model(conv_net, 0.5)
+    folded = kap.add_gates(conv_net(), target_rate=0.5, fold=True)
+    folded.set_weights(gated.get_weights())
+    folded.compile(keras.optimizers.Adam(3e-3),
+                   "sparse_categorical_crossentropy")
+    for model in (gated, folded):
+        prune(model, x, y, 1, prune_steps=12, finish_on_train_end=False)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        gated.get_weights(), folded.get_weights()))
+    for gate in gates_of(folded):  # four steps leave the codes soft
+        gate.set_mask(gate.mask())
+    compact = kap.strip(folded)
+    out["folded"] = {
+        "wrapped": sorted(l.layer.name for l in folded.layers
+                          if isinstance(l, kap.folding.ScaledInputs)),
+        "weights_max_diff": diff,
+        "strip_max_diff": float(np.max(np.abs(
+            folded.predict(xt, verbose=0) - compact.predict(xt, verbose=0)))),
+    }
+
+
 def run_checks():
     out = {"backend": keras.backend.backend(), "schedules": {}}
     with tempfile.TemporaryDirectory() as workdir, warnings.catch_warnings():
@@ -168,6 +195,7 @@ def run_checks():
         warnings.filterwarnings("ignore", "AutoPrunerCallback")
         check_schedules(out)
         check_conv_strip_count_save(out, workdir)
+        check_folded(out)
     return out
 
 

@@ -98,6 +98,7 @@ def test_other_backend_gives_the_same_masks(backend, started, reference):
     other = result_of(started, backend)
     assert other["backend"] == backend
     assert_same_run(reference, other)
+    assert_folded(other)
     if backend == "jax":
         # Keras exports a JAX model to a SavedModel through jax2tf; ONNX
         # would need jax2onnx, and export says so.
@@ -111,7 +112,17 @@ def test_other_backend_gives_the_same_masks(backend, started, reference):
         assert other["onnx"] < 1e-5 * np.max(np.abs(other["conv"]["outputs"]))
 
 
+def assert_folded(run):
+    folded = run["folded"]
+    # c2 reads c1's gate through a max pool, the classifier (its name
+    # depends on the layers made before it) c2's through a global pool.
+    assert len(folded["wrapped"]) == 2 and "c2" in folded["wrapped"], folded
+    assert folded["weights_max_diff"] < 1e-4, folded
+    assert folded["strip_max_diff"] < 1e-5, folded
+
+
 def test_reference_prunes_and_exports(reference):
+    assert_folded(reference)
     for schedule, run in reference["schedules"].items():
         kept = sum(sum(m) for m in run["masks"].values())
         total = sum(len(m) for m in run["masks"].values())
