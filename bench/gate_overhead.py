@@ -408,9 +408,9 @@ def pruning_phase(args):
     full_macs = int(kap.count_flops(base))
     for rate in [float(r) for r in args.phase_rates]:
         product_masks = None
-        # Both from one start (weights, gates, dropout's random state):
-        # the folded model is folded from the product one before either
-        # trains.
+        # All three from one start (weights, gates, dropout's random
+        # state): the folded model and the XLA copy are made from the
+        # product one before any trains.
         start = kap.add_gates(base, rate, gate_map=args.gate_map)
         copy, layer_map = kap.tracing.rebuild(start)
         kap.tracing.copy_state(layer_map)

@@ -183,10 +183,10 @@ def add_gates(
         flat, make_layer=lambda layer, _: layer, after=after,
         name=name or f"{model.name}_gated",
     )
-    # strip's report names the layers left ungated, and why. (Not saved in
-    # .keras files: `plan(model)` makes it again.)
     if fold:
         gated = folding.fold(gated, batch_size=fold_batch_size)
+    # strip's report names the layers left ungated, and why. (Not saved in
+    # .keras files: `plan(model)` makes it again.)
     gated.pruning_plan = the_plan
     return gated
 
