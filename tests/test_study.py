@@ -250,6 +250,33 @@ def test_resume_skips_finished_runs(tiny_study, tmp_path):
         third.run_method("nope", 0.5, 0)
 
 
+def test_folded_autopruner_folds_and_spends_the_same(tiny_study, tmp_path):
+    import shutil
+
+    from keras_autopruner import folding
+
+    out = str(tmp_path / "study")
+    shutil.copytree(tiny_study[0], out)
+    config = study.make_config(
+        "tiny", methods=("full", "autopruner", "autopruner_folded"))
+    folded_study = study.Study(config, out, verbose=0, export=False)
+    folded_study.run()
+    assert folded_study.ran == ["autopruner_folded_r0.5_s0"]
+    ap = load(out, "autopruner_r0.5_s0")
+    folded = load(out, "autopruner_folded_r0.5_s0")
+    assert ap["folded_gates"] == 0 and folded["folded_gates"] > 0
+    for key in ("epochs", "own_epochs", "prune_epochs"):
+        assert folded[key] == ap[key]
+    assert folded["mac_share"] <= 0.5 + 1e-9
+    # Stripped, the folded run is a plain network of the kept widths.
+    compact = keras.saving.load_model(
+        os.path.join(out, "models", "autopruner_folded_r0.5_s0.keras"))
+    assert not folding.is_folded(compact)
+    assert count_params(compact) == folded["params"]
+    paired = pd.read_csv(os.path.join(out, "paired.csv"))
+    assert "autopruner_folded" in set(paired["method"])
+
+
 def test_other_settings_refuse_the_folder(tiny_study):
     out, _, _, _, _ = tiny_study
     other = study.make_config("tiny", full_epochs=2)

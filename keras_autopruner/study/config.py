@@ -5,7 +5,8 @@ import dataclasses
 # The methods in the order a study runs them: "full" first, then
 # "autopruner", whose results the baselines after it depend on.
 CRITERIA = ("l1", "l2", "bn", "taylor", "random")
-METHODS = ("full", "autopruner", "full_equal", "autopruner_stop") + (
+METHODS = ("full", "autopruner", "full_equal", "autopruner_stop",
+           "autopruner_folded") + (
     CRITERIA + ("l1_iterative", "scratch", "uniform", "magnitude"))
 IMAGE_MODELS = ("vgg_small", "vgg16_cub")
 # The builder a study uses when --model is not given: by the data's kind.
@@ -16,6 +17,7 @@ METHOD_LABELS = {
     "autopruner": "AutoPruner (pruned + fine-tuned)",
     "full_equal": "full model, AutoPruner's total epochs",
     "autopruner_stop": "AutoPruner stopped at its choice (before issue 17)",
+    "autopruner_folded": "AutoPruner with folded gates",
     "l1": "L1 filter norm cut + fine-tuned",
     "l2": "L2 filter norm cut + fine-tuned",
     "bn": "BN scale (gamma) cut + fine-tuned",

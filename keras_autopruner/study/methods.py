@@ -187,7 +187,7 @@ def run_l1_iterative(study, rate, seed, prefix):
         notes=list(compact.pruning_report.notes))
 
 
-def run_autopruner(study, rate, seed, prefix, train_on=True):
+def run_autopruner(study, rate, seed, prefix, train_on=True, fold=False):
     """Gate the full model of `seed`, prune to `rate`, train the chosen
     network on, strip, fine-tune.
 
@@ -203,13 +203,23 @@ def run_autopruner(study, rate, seed, prefix, train_on=True):
     procedure before this was measured, kept for comparison) fitting
     stops at the end of the epoch in which the choice is made, and the
     pruning phase is as long as that.
+
+    With `fold=True` (the method `autopruner_folded`) the gates are
+    folded into the layers behind them where that is cheaper at the
+    study's batch size (`add_gates(..., fold=True)`); the procedure is
+    otherwise the same, so the two methods' paired difference shows what
+    folding does to the choice.
     """
     import keras_autopruner as kap
+    from keras_autopruner import folding
     from keras_autopruner.metrics import count_flops
 
     c = study.config
     full = study.full_model(seed)
-    gated = kap.add_gates(full, target_rate=rate)
+    gated = kap.add_gates(full, target_rate=rate, fold=fold,
+                          fold_batch_size=c.batch_size)
+    folded_gates = sum(isinstance(layer, folding.ScaledInputs)
+                       for layer in gated.layers)
     study.compile(gated)
     steps = study.steps_per_epoch()
     phase = c.prune_epochs * steps
@@ -252,8 +262,9 @@ def run_autopruner(study, rate, seed, prefix, train_on=True):
         f"fine-tuning {c.finetune_epochs} epochs...")
     ft_history = study.fit(compact, c.finetune_epochs, seed, prefix,
                            low_from=0)
-    key = run_key("autopruner" if train_on else "autopruner_stop", rate,
-                  seed)
+    method = ("autopruner_folded" if fold else
+              "autopruner" if train_on else "autopruner_stop")
+    key = run_key(method, rate, seed)
     return study.finish(
         compact, key, {"prune": prune_history, "finetune": ft_history},
         epochs=c.full_epochs + prune_epochs + c.finetune_epochs,
@@ -267,7 +278,7 @@ def run_autopruner(study, rate, seed, prefix, train_on=True):
         full_widths={k: study.default_widths[k]
                      for k in study.default_widths},
         accuracy_gated_hard=hard_acc, accuracy_stripped=stripped_acc,
-        accuracy_cut=cut_acc, notes=notes)
+        accuracy_cut=cut_acc, folded_gates=folded_gates, notes=notes)
 
 
 def run_autopruner_stop(study, rate, seed, prefix):
@@ -275,6 +286,12 @@ def run_autopruner_stop(study, rate, seed, prefix):
     stops at the end of the epoch of the choice, then strip and the
     fine-tuning epochs; fewer epochs in all when the choice comes early."""
     return run_autopruner(study, rate, seed, prefix, train_on=False)
+
+
+def run_autopruner_folded(study, rate, seed, prefix):
+    """AutoPruner with folded gates (`add_gates(..., fold=True)`): the
+    same procedure as `autopruner`, gates folded where cheaper."""
+    return run_autopruner(study, rate, seed, prefix, fold=True)
 
 
 def _stop_at_epoch_end(pruner):
@@ -476,6 +493,7 @@ RUNNERS = {
     "autopruner": run_autopruner,
     "full_equal": run_full_equal,
     "autopruner_stop": run_autopruner_stop,
+    "autopruner_folded": run_autopruner_folded,
     **{name: _criterion_runner(name) for name in CRITERIA},
     "l1_iterative": run_l1_iterative,
     "scratch": run_scratch,

@@ -16,6 +16,7 @@ def plot_accuracy_vs_flops(table, path):
     markers = {"autopruner": "o", "full_equal": "P", "l1": "v", "l2": "<",
                "bn": ">", "taylor": "D", "random": "d", "scratch": "s",
                "uniform": "^", "magnitude": "x", "autopruner_stop": "*",
+               "autopruner_folded": "h",
                "l1_iterative": "X"}
     for method in METHODS:
         rows = table[table["method"] == method].sort_values("flops")

@@ -65,6 +65,7 @@ def runs_frame(runs):
             "changed_by_choice": r.get("changed_by_choice"),
             "accuracy_gated_hard": r.get("accuracy_gated_hard"),
             "accuracy_stripped": r.get("accuracy_stripped"),
+            "folded_gates": r.get("folded_gates"),
             "factor": r.get("factor"),
             "widths": " ".join(str(w) for w in r["widths"].values()),
             "notes": "; ".join(r.get("notes", [])),
