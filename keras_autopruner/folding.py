@@ -277,10 +277,15 @@ def foldable(gated, batch_size=32):
     return found
 
 
+def folded_layers(model):
+    """The layers of `model` that take a gate's code (`ScaledInputs`)."""
+    return [layer for layer in getattr(model, "layers", [])
+            if isinstance(layer, ScaledInputs)]
+
+
 def is_folded(model):
     """Whether `model` has a gate folded into the layer behind it."""
-    return any(isinstance(layer, ScaledInputs)
-               for layer in getattr(model, "layers", []))
+    return bool(folded_layers(model))
 
 
 def fold(gated, name=None, batch_size=32):

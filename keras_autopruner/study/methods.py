@@ -218,8 +218,7 @@ def run_autopruner(study, rate, seed, prefix, train_on=True, fold=False):
     full = study.full_model(seed)
     gated = kap.add_gates(full, target_rate=rate, fold=fold,
                           fold_batch_size=c.batch_size)
-    folded_gates = sum(isinstance(layer, folding.ScaledInputs)
-                       for layer in gated.layers)
+    folded_gates = len(folding.folded_layers(gated))
     study.compile(gated)
     steps = study.steps_per_epoch()
     phase = c.prune_epochs * steps
