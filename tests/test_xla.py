@@ -4,12 +4,15 @@ it computes without XLA.
 Runs on the default backend (TensorFlow); the Makefile's JAX pass runs it
 again on JAX, where `jit_compile=False` is the un-jitted step.
 
-Whole pruning runs are not compared mask for mask: XLA reorders float
-sums, 48 steps of training amplify that, and CI's machine once flipped a
-near-tie between two channels that this machine keeps apart. The steps
-are compared while they still agree to float precision, and the jitted
-run is checked on its own: it converges, meets its budget, and trains on
-with the mask that strip cuts.
+The steps are compared with the pruning state held fixed (the values the
+callback writes while pushing, or a final mask), not under the callback:
+the callback's decisions are discrete functions of the hard choice, so
+one near-tie that XLA's reordered float sums break the other way changes
+lambda, and from then on the two runs train on different losses. CI's
+machine did that twice, once in whole-run masks and once within 8 steps,
+where this machine agrees to 1e-7. The jitted run under the callback is
+checked on its own: it converges, meets its budget, and trains on with
+the mask that strip cuts.
 """
 
 import keras
@@ -53,28 +56,49 @@ def values(model):
     return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
+def hold_state(model, phase):
+    """Give every gate the pruning state the callback would have written:
+    pushing (a pruning term on, alpha sharpened) or done (a final mask)."""
+    rng = np.random.default_rng(0)
+    for g in gates_of(model):
+        if phase == "done":
+            g.set_mask(rng.random(g.units) < 0.5)
+        else:
+            g.phase.assign(1.0)
+            g.alpha.assign(3.0)
+            g.coef.assign(5.0)
+            g.center.assign(0.3)
+
+
+@pytest.mark.parametrize("phase", ["pushing", "done"])
 @pytest.mark.parametrize("gate_map", GATE_MAPS)
-def test_jitted_steps_compute_the_plain_steps(data, gate_map):
+def test_jitted_steps_compute_the_plain_steps(data, gate_map, phase):
     plain = gated_model(False, gate_map)
     xla = gated_model(True, gate_map)
+    for m in (plain, xla):
+        hold_state(m, phase)
     start = values(plain)
     for m in (plain, xla):
-        # One epoch, 8 steps: the controller has acted (every 2 steps) and
-        # the gates are learning, but float differences are still tiny.
-        m.fit(*data, batch_size=32, epochs=1, shuffle=False, verbose=0,
-              callbacks=[callback(finish_on_train_end=False)])
+        # One epoch, 8 steps: the network and (pushing) the gates and their
+        # moving state learn; nothing discrete decides anything.
+        m.fit(*data, batch_size=32, epochs=1, shuffle=False, verbose=0)
     names = [v.path for v in plain.weights]
-    moved = 0
+    moved = []
     for name, s, a, b in zip(names, start, values(plain), values(xla)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5,
                                    err_msg=name)
-        moved += not np.allclose(s, a, rtol=1e-3, atol=1e-3)
-    # The comparison has teeth: the network's kernels, the gates' weights
-    # and their moving codes all moved far beyond the tolerance.
-    assert moved >= 10, moved
-    for g in gates_of(xla):
-        assert float(keras.ops.convert_to_numpy(g.coef)) > 0
-        assert not np.allclose(g.scores(), g.scores()[0])
+        if not np.allclose(s, a, rtol=1e-3, atol=1e-3):
+            moved.append(name)
+    # The comparison has teeth: what each phase trains moved far beyond
+    # the tolerance (pushing: the gates' weights and moving state too).
+    assert len(moved) >= 6, moved
+    gate_moved = [n for n in moved if "_gate/" in n]
+    if phase == "pushing":
+        assert len(gate_moved) >= 8, moved
+        for g in gates_of(xla):
+            assert not np.allclose(g.scores(), g.scores()[0])
+    else:
+        assert gate_moved == [], gate_moved
 
 
 @pytest.mark.filterwarnings("ignore:AutoPrunerCallback. pruning ended")
