@@ -19,6 +19,7 @@ from keras_autopruner.budget import CostModel
 from keras_autopruner.gate import gates_of
 
 import user_graphs
+from held_state import PHASES, hold_state
 
 L = keras.layers
 
@@ -122,27 +123,39 @@ def test_outputs_losses_and_gradients_match(training):
         assert all(np.abs(g1[i]).max() > 0 for i in gate_vars)
 
 
-def test_fit_with_the_callback_matches(tmp_path):
-    """A few optimizer steps of a pruning run: the same weights after."""
+def named_values(model):
+    # A wrapped layer's weights sit under the wrapper: 'c2_folded/c2/..'.
+    return {re.sub(r"^\w+_folded/", "", v.path): numpy(v)
+            for v in model.weights}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_fit_matches(phase):
+    """A few optimizer steps, pushing or done: the same weights after."""
     x, y = data(64)
     runs = []
     for fold in (False, True):
         gated = kap.add_gates(conv_net(3), 0.5, fold=fold)
         gated.compile(keras.optimizers.Adam(3e-3),
                       "sparse_categorical_crossentropy")
-        callback = kap.AutoPrunerCallback(objective="layer", control_every=2,
-                                          prune_steps=20,
-                                          finish_on_train_end=False)
-        gated.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-                  callbacks=[callback])
-        # A wrapped layer's weights sit under the wrapper: 'c2_folded/c2/..'.
-        runs.append({re.sub(r"^\w+_folded/", "", v.path): numpy(v)
-                     for v in gated.weights})
-    plain, folded = runs
+        hold_state(gated, phase)
+        runs.append(named_values(gated))
+        gated.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        runs.append(named_values(gated))
+    start, plain, _, folded = runs
     assert set(plain) == set(folded)
     for path, value in plain.items():
         np.testing.assert_allclose(folded[path], value, rtol=1e-4,
                                    atol=1e-5, err_msg=path)
+    moved = [p for p in plain
+             if not np.allclose(start[p], plain[p], rtol=1e-3, atol=1e-3)]
+    # What each phase trains moved: the comparison has teeth.
+    gate_moved = [p for p in moved if "_gate/" in p]
+    assert len(moved) - len(gate_moved) >= 4, moved
+    if phase == "pushing":
+        assert len(gate_moved) >= 6, moved
+    else:
+        assert gate_moved == [], gate_moved
 
 
 def test_dropout_draws_the_same_masks():

@@ -4,15 +4,10 @@ it computes without XLA.
 Runs on the default backend (TensorFlow); the Makefile's JAX pass runs it
 again on JAX, where `jit_compile=False` is the un-jitted step.
 
-The steps are compared with the pruning state held fixed (the values the
-callback writes while pushing, or a final mask), not under the callback:
-the callback's decisions are discrete functions of the hard choice, so
-one near-tie that XLA's reordered float sums break the other way changes
-lambda, and from then on the two runs train on different losses. CI's
-machine did that twice, once in whole-run masks and once within 8 steps,
-where this machine agrees to 1e-7. The jitted run under the callback is
-checked on its own: it converges, meets its budget, and trains on with
-the mask that strip cuts.
+The steps are compared with the pruning state held fixed
+(`held_state.py` says why), pushing and done. The jitted run under the
+callback is checked on its own: it converges, meets its budget, and
+trains on with the mask that strip cuts.
 """
 
 import keras
@@ -22,6 +17,8 @@ import pytest
 import keras_autopruner as kap
 from keras_autopruner.datasets import load_tabular
 from keras_autopruner.gate import gates_of
+
+from held_state import PHASES, hold_state
 
 L = keras.layers
 GATE_MAPS = ["full", "low_rank"]
@@ -56,21 +53,7 @@ def values(model):
     return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
-def hold_state(model, phase):
-    """Give every gate the pruning state the callback would have written:
-    pushing (a pruning term on, alpha sharpened) or done (a final mask)."""
-    rng = np.random.default_rng(0)
-    for g in gates_of(model):
-        if phase == "done":
-            g.set_mask(rng.random(g.units) < 0.5)
-        else:
-            g.phase.assign(1.0)
-            g.alpha.assign(3.0)
-            g.coef.assign(5.0)
-            g.center.assign(0.3)
-
-
-@pytest.mark.parametrize("phase", ["pushing", "done"])
+@pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("gate_map", GATE_MAPS)
 def test_jitted_steps_compute_the_plain_steps(data, gate_map, phase):
     plain = gated_model(False, gate_map)
