@@ -24,6 +24,9 @@ each with the measured figure:
     .venv/bin/python bench/pruning_pays.py --train_examples=10000 \\
         --prune_share=0.2 \\
         --seeds=0,1,2 --rates=0.25,0.12 --out=runs/pruning_pays
+
+`--dataset` and `--label` run it on other data: a table gets the FC-DNN
+default (`fc_dnn`), as in the study.
 """
 
 import os
@@ -64,6 +67,15 @@ def define_flags(fv=flags.FLAGS):
                        flag_values=fv)
     flags.DEFINE_integer("finetune_epochs", None, "epochs of fine-tuning",
                          flag_values=fv)
+    flags.DEFINE_string("dataset", None,
+                        "the study's data (preset's if unset): "
+                        "fashion_mnist, a .csv/.csv.gz with --label, an "
+                        ".npz or a tfds name; tabular data gets fc_dnn",
+                        flag_values=fv)
+    flags.DEFINE_string("label", None, "label column of a CSV dataset",
+                        flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "training batch size",
+                         flag_values=fv)
 
 
 def _pt(value):
@@ -81,7 +93,8 @@ def main(argv):
         seeds=None if args.seeds is None else [int(s) for s in args.seeds],
         train_examples=args.train_examples, full_epochs=args.full_epochs,
         prune_epochs=args.prune_epochs, prune_share=args.prune_share,
-        finetune_epochs=args.finetune_epochs)
+        finetune_epochs=args.finetune_epochs, dataset=args.dataset,
+        label=args.label, batch_size=args.batch_size)
     study = study_lib.Study(config, out, verbose=1, export=False)
     study.run()
     # The report's runs carry the measured latency and throughput.

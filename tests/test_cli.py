@@ -92,7 +92,8 @@ def test_shared_concepts_are_spelled_alike(all_flags):
         for name in ("train_examples", "test_examples", "out", "batch_size",
                      "full_epochs", "prune_epochs", "finetune_epochs"):
             assert name in all_flags[script], (script, name)
-    assert "preset" in all_flags["bench/pruning_pays.py"]
+    for name in ("preset", "dataset", "label", "batch_size"):
+        assert name in all_flags["bench/pruning_pays.py"], name
 
 
 def test_study_parse_flags_rejects_unknown_flags():
