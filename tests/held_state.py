@@ -4,7 +4,8 @@ computing the same training steps (XLA or not, folded or not).
 Such tests run without `AutoPrunerCallback`: its decisions are discrete
 functions of the hard choice, so a near-tie that reordered float sums
 break the other way changes lambda, and the two runs then train on
-different losses. CI's machine did that where this one agrees to 1e-7.
+different losses (CI's machine once flipped such a tie in whole-run
+masks).
 """
 
 import numpy as np
@@ -29,3 +30,19 @@ def hold_state(model, phase):
             g.alpha.assign(3.0)
             g.coef.assign(5.0)
             g.center.assign(0.3)
+
+
+def assert_same_step(name, start, reference, other):
+    """`other` (the jitted or folded run's value of weight `name`) within
+    1e-5 plus 5% of how far the `reference` run moved it from `start`.
+
+    Twice, CI's JAX pass under load found the jitted and plain steps
+    1.8-2.4% of the move apart in the first case of `test_xla.py`; every
+    run on the development machine since agrees to 1e-7, and the cause
+    is not known (BUILD_NOTES, issue 19 part 7). A step computed
+    differently (another momentum, learning rate or loss) misses by a
+    good part of the move itself.
+    """
+    moved = float(np.abs(reference - start).max())
+    worst = float(np.abs(other - reference).max())
+    assert worst <= 1e-5 + 0.05 * moved, (name, worst, moved)
